@@ -1,0 +1,93 @@
+"""DRAEM on MVTec AD with the paper's settings.
+
+Usage:
+  python train.py --config configs/mvtec.py            # bottle
+  python train.py --config configs/mvtec.py:screw      # another category
+  python train.py --config configs/mvtec.py:all        # the 15 categories, one after another
+  python train.py --config configs/mvtec.py --config.train.batch_size=16
+
+Paths: `data.root` is the folder that holds the extracted MVTec AD categories
+(`<root>/bottle/train/good/...`); `data.texture_root` the DTD `images/` folder (or any folder
+of texture images). Both default to the environment variables DRAEM_MVTEC_ROOT and
+DRAEM_TEXTURE_ROOT so that one config serves every machine.
+"""
+
+import os
+
+import ml_collections
+
+MVTEC_CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the paper's configuration; `arg` is the category (default bottle) or `all`."""
+  category = arg or "bottle"
+  config = ml_collections.ConfigDict()
+
+  # --- data -------------------------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "mvtec"  # "mvtec" (TFDS-prepared MVTec AD) or "folder" (your own images).
+  data.root = os.environ.get("DRAEM_MVTEC_ROOT", "~/data/mvtec_ad")  # Extracted MVTec AD.
+  data.category = category  # One of MVTEC_CATEGORIES, or "all" (each in its own sub-workdir).
+  data.tfds_data_dir = ""  # Where TFDS keeps the prepared ArrayRecord ("" = TFDS default).
+  data.texture_root = os.environ.get("DRAEM_TEXTURE_ROOT", "~/data/dtd/images")  # Textures.
+  data.image_size = 256  # Square side the images are resized to (multiple of 32 for the model).
+  data.num_workers = 2  # grain worker processes decoding images (0 = in the main process).
+  data.prefetch_buffer_size = 4  # Batches each worker prepares ahead.
+
+  # --- anomaly simulator (DRAEM_SPEC section 4) --------------------------------------------
+  config.simulator = sim = ml_collections.ConfigDict()
+  sim.rotate_prob = 0.3  # Probability that the clean image (and target) is rotated.
+  sim.rotate_max_deg = 90.0  # That rotation's angle ~ U(-90, 90) degrees.
+  sim.anomaly_prob = 0.5  # Probability that a sample gets a synthetic anomaly.
+  sim.perlin_min_log2 = 0  # Perlin lattice resolution 2^k with k ~ U{min..max} per axis.
+  sim.perlin_max_log2 = 5
+  sim.perlin_rotate_max_deg = 90.0  # The noise is rotated by U(-90, 90) degrees.
+  sim.perlin_threshold = 0.5  # Mask = rotated noise > threshold.
+  sim.beta_max = 0.8  # Blend factor beta ~ U[0, beta_max); texture opacity is 1 - beta.
+  sim.num_augmenters = 3  # Distinct texture augmenters drawn per sample out of the ten.
+  sim.texture_rotate_max_deg = 45.0  # The "rotate" augmenter's angle ~ U(-45, 45).
+
+  # --- model (DRAEM_SPEC section 1) ---------------------------------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  model.recon_width = 128  # Base width of the reconstructive sub-network.
+  model.disc_width = 64  # Base width of the discriminative sub-network.
+  model.dtype = "float32"  # Activation dtype: "float32" or "bfloat16" (params stay float32).
+
+  # --- optimisation (DRAEM_SPEC section 3) --------------------------------------------------
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 1e-4  # Adam learning rate.
+  optim.decay_fractions = (0.8, 0.9)  # Fractions of the run at which lr is multiplied...
+  optim.decay_factor = 0.2  # ...by this factor.
+  optim.b1 = 0.9  # Adam beta1.
+  optim.b2 = 0.999  # Adam beta2.
+  optim.eps = 1e-8  # Adam epsilon.
+
+  # --- training loop ------------------------------------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 8  # Global batch size (split over all devices).
+  train.num_epochs = 700  # Epoch = number of training images // batch_size steps.
+  train.num_steps = -1  # If > 0, overrides num_epochs.
+  train.seed = 0  # Seeds parameters, data order and the simulator.
+  train.log_every_steps = 50  # Metrics to metrics.jsonl and TensorBoard every N steps.
+  train.eval_every_steps = 0  # Periodic evaluation on the test split (0 = only at the end).
+  train.distributed = False  # Call jax.distributed.initialize() (multi-host TPU pods).
+
+  # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 8  # Test images per forward pass.
+  ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
+  ev.protocol = "paper"  # Ground-truth rule: "paper" (bilinear, == 1.0) or "standard" (>= 0.5).
+  ev.aupro_fpr_limit = 0.3  # AU-PRO integrates PRO up to this false-positive rate.
+  ev.aupro_full_resolution = False  # Also compute AU-PRO at the original image resolution.
+  ev.write_overlays = True  # Overlay PNGs for every test image.
+
+  # --- checkpoints --------------------------------------------------------------------------
+  config.checkpoint = ckpt = ml_collections.ConfigDict()
+  ckpt.every_steps = 1000  # Save the train state and data iterator every N steps.
+  ckpt.max_to_keep = 3  # Keep the last K checkpoints.
+
+  return config
