@@ -35,7 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.tfds_data_dir = ""  # Where TFDS keeps the prepared ArrayRecord ("" = TFDS default).
   data.texture_root = os.environ.get("DRAEM_TEXTURE_ROOT", "~/data/dtd/images")  # Textures.
   data.image_size = 256  # Square side the images are resized to (multiple of 32 for the model).
-  data.num_workers = 2  # grain worker processes decoding images (0 = in the main process).
+  data.train_list = ""  # Folder source: text file of training image paths ("" = root/train/good).
+  data.cache_decoded = True  # Decode+resize train/test images and textures once, keep in RAM:
+  # N*S*S*3 bytes at side S: 41 MB for bottle's 209 images, 1.1 GB for DTD's 5,640 at S=256.
+  data.num_workers = 2  # grain worker processes decoding images when cache_decoded is False.
   data.prefetch_buffer_size = 4  # Batches each worker prepares ahead.
 
   # --- anomaly simulator (DRAEM_SPEC section 4) --------------------------------------------

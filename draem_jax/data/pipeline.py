@@ -1,0 +1,569 @@
+"""grain input pipelines: training batches (image + texture) and evaluation batches.
+
+Training (`make_train_iterator`), per process:
+
+  source indices -> this process's shard [process_index::process_count] -> shuffle (seeded by
+  train.seed and the process index, reshuffled every epoch) -> repeat forever -> pair each
+  image with a texture index drawn uniformly (per-element seeded generator) -> decode + RGB +
+  bilinear resize to data.image_size (or a lookup in the decoded cache) -> batch (drop
+  remainder) -> prefetch
+
+Everything up to the batch is a grain `MapDataset`, i.e. a pure function of the element index,
+so the stream is the same with 0, 1 or more worker processes and an iterator's state (the next
+index) restores it exactly. The anomaly simulator runs later, on the device, from explicit JAX
+keys (DRAEM_SPEC 4); the host only supplies clean images and raw textures as uint8.
+
+The decoded cache (data.cache_decoded, default True): decoding a 900x900 MVTec PNG and
+resizing it costs ~30 ms of one core, a training set holds at most ~400 images, so decoding
+them (and the textures) once into memory turns every later batch into an array gather. With the
+cache the pipeline runs in the main process (a gather needs no workers; worker processes would
+each hold a copy of the cache); data.num_workers then only matters when the cache is off.
+bench/input_pipeline.py measures both.
+
+Evaluation (`make_eval_dataset`): every test sample exactly once, sorted by (defect type, file
+name), the last batch padded and flagged by `valid`; masks resized like the reference protocol
+(bilinear, no antialiasing, float 0..1; the evaluator thresholds them, DRAEM_SPEC 5).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from absl import logging
+
+from draem_jax.data import folder as folder_lib
+from draem_jax.data import images as images_lib
+from draem_jax.data import mvtec as mvtec_lib
+from draem_jax.data import textures as textures_lib
+from draem_jax.errors import ConfigError, DataError
+
+SOURCES = ("mvtec", "folder")
+# The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
+SIZE_MULTIPLE = 32
+
+# ------------------------------------------------------------------------------------------
+# Config checks and split readers.
+
+
+def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
+                  batch_fields: tuple[str, ...] = ("train", "eval")) -> None:
+  """Config-only checks (no file system access); raises ConfigError naming the field.
+
+  `batch_fields` names the groups whose batch_size must split over `process_count`.
+  """
+  data = config.data
+  if data.source not in SOURCES:
+    raise ConfigError(f"data.source={data.source!r} must be one of {SOURCES}: 'mvtec' for "
+                      "MVTec AD, 'folder' for your own images (see configs/folder.py).")
+  size = data.image_size
+  if (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0
+      or size % SIZE_MULTIPLE):
+    raise ConfigError(
+        f"data.image_size={size!r} is not supported: the discriminative U-Net pools 5 times, so "
+        f"the side must be a positive multiple of {SIZE_MULTIPLE} (e.g. 256).")
+  if process_count < 1:
+    raise ConfigError(f"process_count={process_count} must be >= 1.")
+  for group in batch_fields:
+    field, value = f"{group}.batch_size", config[group].batch_size
+    if not isinstance(value, (int, np.integer)) or value <= 0 or value % process_count:
+      raise ConfigError(f"{field}={value!r} must be a positive multiple of the number of "
+                        f"processes ({process_count}).")
+  if data.num_workers < 0:
+    raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0 (0 = main process).")
+  if data.prefetch_buffer_size < 1:
+    raise ConfigError(f"data.prefetch_buffer_size={data.prefetch_buffer_size} must be >= 1.")
+  if data.source == "mvtec" and data.category not in mvtec_lib.CATEGORIES + ("all",):
+    raise ConfigError(f"data.category={data.category!r} is not an MVTec AD category; expected "
+                      f"one of {', '.join(mvtec_lib.CATEGORIES)} or 'all'.")
+  if data.source == "folder" and not str(data.root):
+    raise ConfigError("data.root is empty: set it to the folder that holds train/good "
+                      "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise ConfigError(f"process_index={process_index} must be in [0, {process_count}).")
+
+
+def _single_category(config: ml_collections.ConfigDict) -> str:
+  category = config.data.category
+  if config.data.source == "mvtec" and category == "all":
+    raise ConfigError("data.category='all' names 15 runs: set data.category to one category "
+                      "per run (the trainer loops over mvtec.CATEGORIES).")
+  return category
+
+
+def _tfds_data_dir(config: ml_collections.ConfigDict) -> str | None:
+  return config.data.tfds_data_dir or None
+
+
+def _train_list(config: ml_collections.ConfigDict):
+  value = config.data.get("train_list", "")
+  return value if isinstance(value, str) else tuple(value)
+
+
+def _root(config: ml_collections.ConfigDict) -> Path:
+  """data.root; for MVTec AD an empty root means TFDS's default manual dir."""
+  if config.data.source == "mvtec":
+    return mvtec_lib.resolve_root(config.data.root, _tfds_data_dir(config))
+  return Path(os.path.expandvars(str(config.data.root))).expanduser()
+
+
+def open_split(config: ml_collections.ConfigDict, split: str):
+  """Random access to the encoded samples of a split, in their stable sorted order.
+
+  For data.source="mvtec" the category is prepared into ArrayRecord first if needed.
+
+  Args:
+    config: the experiment config.
+    split: "train" or "test".
+
+  Returns:
+    `mvtec.PreparedSplit` or `folder.FolderSplit`: len(), read(i) -> (image, mask or None)
+    as path or encoded bytes, name(i), labels, defect_types, file_names, has_masks.
+  """
+  _check_config(config)
+  category = _single_category(config)
+  if config.data.source == "mvtec":
+    mvtec_lib.prepare(category, _root(config), _tfds_data_dir(config))
+    return mvtec_lib.PreparedSplit(category, _tfds_data_dir(config), split)
+  root = _root(config)
+  if not root.is_dir():
+    raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
+                    f"{folder_lib.LAYOUT}.")
+  if split == "train":
+    return folder_lib.FolderSplit(folder_lib.scan_train(root, _train_list(config)))
+  test = folder_lib.scan_test(root)
+  return folder_lib.FolderSplit(test.samples, test.has_masks)
+
+
+def has_test_split(config: ml_collections.ConfigDict) -> bool:
+  """Whether there is a test split to evaluate on (always for MVTec AD; `<root>/test` else)."""
+  _check_config(config)
+  return config.data.source == "mvtec" or (_root(config) / "test").is_dir()
+
+
+def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_test: bool) -> int:
+  """Training images of a category: from the prepared data, else by scanning its folder."""
+  if mvtec_lib.is_prepared(category, _tfds_data_dir(config)):
+    mvtec = mvtec_lib.builder(category, _tfds_data_dir(config))
+    return mvtec.info.splits["train"].num_examples
+  category_root = mvtec_lib.check_category_root(_root(config), category)
+  if check_test:
+    folder_lib.scan_test(category_root)
+  return len(folder_lib.scan_train(category_root))
+
+
+def num_train_examples(config: ml_collections.ConfigDict) -> int:
+  """Training images of the whole data set (all processes together); no decoding."""
+  _check_config(config)
+  category = _single_category(config)
+  if config.data.source == "mvtec":
+    return _mvtec_num_train(config, category, check_test=False)
+  return len(open_split(config, "train"))
+
+
+def validate_data_config(config: ml_collections.ConfigDict, process_count: int = 1,
+                         require_test: bool = True) -> None:
+  """Checks the data settings and files cheaply (listings and image headers, no decoding).
+
+  Call it before any compute: a bad field raises ConfigError naming it, missing or malformed
+  data raises DataError naming the path and the expected layout.
+
+  Args:
+    config: the experiment config (data, train.batch_size, eval.batch_size are read).
+    process_count: number of JAX processes that will share the training batch.
+    require_test: also check the test split (always present for MVTec AD; for a folder
+      data set, `<root>/test` must then exist).
+  """
+  _check_config(config, process_count)
+  data = config.data
+  categories = (mvtec_lib.CATEGORIES if data.source == "mvtec" and data.category == "all"
+                else (data.category,))
+  for category in categories:
+    if data.source == "mvtec":
+      num_train = _mvtec_num_train(config, category, check_test=True)
+    else:
+      root = _root(config)
+      if not root.is_dir():
+        raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
+                        f"{folder_lib.LAYOUT}.")
+      num_train = len(folder_lib.scan_train(root, _train_list(config)))
+      if require_test:
+        folder_lib.scan_test(root)
+    if num_train < process_count:
+      raise DataError(f"{num_train} training images cannot be shared by {process_count} "
+                      "processes; every process needs at least one.")
+  textures_lib.list_textures(data.texture_root)
+
+
+# ------------------------------------------------------------------------------------------
+# Decoding, and the decoded cache.
+
+
+def _decode_resized(data, name: str, size: int) -> np.ndarray:
+  return images_lib.resize_bilinear(images_lib.decode_image(data, name), size)
+
+
+class _TrainImages:
+  """Training image i as uint8 (size, size, 3), decoded on demand (picklable)."""
+
+  def __init__(self, reader, size: int):
+    self.reader, self.size = reader, size
+
+  def __len__(self) -> int:
+    return len(self.reader)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return _decode_resized(self.reader.read(index)[0], self.reader.name(index), self.size)
+
+
+class _Textures:
+  """Texture i as uint8 (size, size, 3), decoded on demand (picklable)."""
+
+  def __init__(self, paths: list[str], size: int):
+    self.paths, self.size = paths, size
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return _decode_resized(self.paths[index], self.paths[index], self.size)
+
+
+class _EvalSamples:
+  """Test sample i: image uint8 (size, size, 3) and mask float32 (size, size) in [0, 1]."""
+
+  def __init__(self, reader, size: int):
+    self.reader, self.size = reader, size
+
+  def __len__(self) -> int:
+    return len(self.reader)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    image_data, mask_data = self.reader.read(index)
+    name = self.reader.name(index)
+    image = images_lib.decode_image(image_data, name)
+    if mask_data is None:
+      mask = np.zeros((self.size, self.size), np.float32)
+    else:
+      full = images_lib.decode_mask(mask_data, f"the mask of {name}")
+      if full.shape != image.shape[:2]:
+        raise DataError(f"The mask of {name} is {full.shape[1]}x{full.shape[0]} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]}; they must match.")
+      mask = images_lib.resize_bilinear(full.astype(np.float32), self.size)
+    return images_lib.resize_bilinear(image, self.size), mask
+
+
+# Decoded arrays, keyed by what was decoded and the size, so that the trainer, the evaluator
+# and tests that build several pipelines decode each set once per process. Bounded (LRU).
+_CACHE: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_CACHE_ENTRIES = 6
+_CACHE_LOCK = threading.Lock()
+
+
+def _decode_all(table, what: str) -> Any:
+  """Decodes table[0..n) into stacked arrays, in threads (Pillow releases the GIL for part of
+  the work). Entries are arrays, or tuples of arrays (then a tuple of stacks is returned)."""
+  n = len(table)
+  first = table[0]
+  is_tuple = isinstance(first, tuple)
+  parts = first if is_tuple else (first,)
+  out = tuple(np.empty((n,) + a.shape, a.dtype) for a in parts)
+
+  def fill(i: int) -> None:
+    value = first if i == 0 else table[i]
+    for dst, src in zip(out, value if is_tuple else (value,)):
+      dst[i] = src
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    list(pool.map(fill, range(n)))  # list() re-raises the first DataError.
+  logging.info("Decoded %d %s into memory (%.1f MB).", n, what,
+               sum(a.nbytes for a in out) / 2**20)
+  return out if is_tuple else out[0]
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+  with _CACHE_LOCK:
+    if key in _CACHE:
+      _CACHE.move_to_end(key)
+      return _CACHE[key]
+  value = build()
+  with _CACHE_LOCK:
+    _CACHE[key] = value
+    while len(_CACHE) > _CACHE_ENTRIES:
+      _CACHE.popitem(last=False)
+  return value
+
+
+def _reader_key(config: ml_collections.ConfigDict, reader, split: str) -> tuple:
+  if isinstance(reader, mvtec_lib.PreparedSplit):
+    return ("mvtec", _tfds_data_dir(config), config.data.category, split)
+  return ("folder", split, tuple(reader.read(i)[0] for i in range(len(reader))))
+
+
+def clear_cache() -> None:
+  """Drops the decoded arrays kept by this process."""
+  with _CACHE_LOCK:
+    _CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# grain transforms (module level: worker processes start with spawn and unpickle them).
+
+
+class _DrawTexture(grain.transforms.RandomMap):
+  """index -> (index, texture index ~ U{0..num_textures-1}) with grain's per-element rng."""
+
+  def __init__(self, num_textures: int):
+    self.num_textures = num_textures
+
+  def random_map(self, index, rng: np.random.Generator):
+    return int(index), int(rng.integers(self.num_textures))
+
+
+class _LoadPair(grain.transforms.Map):
+  """(image index, texture index) -> {'image', 'texture'} uint8 (H, W, 3)."""
+
+  def __init__(self, images, textures):
+    self.images, self.textures = images, textures
+
+  def map(self, pair):
+    image_index, texture_index = pair
+    return {"image": self.images[image_index], "texture": self.textures[texture_index]}
+
+
+class _LoadEval(grain.transforms.Map):
+  """Global test index (or -1 for padding) -> one row of an eval batch."""
+
+  def __init__(self, samples, labels, defect_types, file_names, size: int):
+    self.samples, self.size = samples, size
+    self.labels, self.defect_types, self.file_names = labels, defect_types, file_names
+
+  def map(self, index):
+    index = int(index)
+    if index < 0:
+      return {"image": np.zeros((self.size, self.size, 3), np.uint8),
+              "mask": np.zeros((self.size, self.size), np.float32),
+              "label": np.int32(0), "defect_type": "", "file_name": "",
+              "index": np.int32(-1), "valid": np.bool_(False)}
+    if isinstance(self.samples, tuple):  # The decoded cache: (images, masks) arrays.
+      image, mask = self.samples[0][index], self.samples[1][index]
+    else:
+      image, mask = self.samples[index]
+    return {"image": image, "mask": mask, "label": np.int32(self.labels[index]),
+            "defect_type": self.defect_types[index], "file_name": self.file_names[index],
+            "index": np.int32(index), "valid": np.bool_(True)}
+
+
+# ------------------------------------------------------------------------------------------
+# Training.
+
+
+def _train_sources(config: ml_collections.ConfigDict, cache: bool):
+  """(images, textures): random-access uint8 (size, size, 3) tables, decoded or lazy."""
+  size = config.data.image_size
+  reader = open_split(config, "train")
+  texture_paths = textures_lib.list_textures(config.data.texture_root)
+  images = _TrainImages(reader, size)
+  textures = _Textures(texture_paths, size)
+  if cache:
+    images = _cached(_reader_key(config, reader, "train") + (size,),
+                     lambda: _decode_all(images, "training images"))
+    textures = _cached(("textures", tuple(texture_paths), size),
+                       lambda: _decode_all(textures, "textures"))
+  return images, textures
+
+
+def make_train_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
+                       process_count: int = 1, cache: bool | None = None,
+                       num_workers: int | None = None) -> grain.IterDataset:
+  """The training pipeline as a grain IterDataset (see `make_train_iterator`).
+
+  Args:
+    config: the experiment config.
+    process_index, process_count: this process and the number of processes.
+    cache: override data.cache_decoded (benchmarks).
+    num_workers: override data.num_workers (benchmarks); with the cache on, the configured
+      value is ignored (the pipeline runs in the main process), an explicit value is not.
+
+  Returns:
+    grain.IterDataset of batch dicts; `iter()` of it is what `make_train_iterator` returns.
+  """
+  _check_config(config, process_count, batch_fields=("train",))
+  _check_process(process_index, process_count)
+  cache = config.data.get("cache_decoded", True) if cache is None else cache
+  if num_workers is None:
+    num_workers = 0 if cache else config.data.num_workers
+  local_batch = config.train.batch_size // process_count
+  images, textures = _train_sources(config, cache)
+  if len(images) < process_count:
+    raise DataError(f"{len(images)} training images cannot be shared by {process_count} "
+                    "processes; every process needs at least one.")
+  ds = grain.MapDataset.range(len(images))[process_index::process_count]
+  # grain seeds the shuffle and the texture draws from (pipeline seed, element position); one
+  # seed per process keeps processes from drawing the same textures at the same positions.
+  seed = int(np.random.SeedSequence([config.train.seed, process_index]).generate_state(1)[0])
+  ds = ds.seed(seed).shuffle().repeat(None)
+  ds = ds.random_map(_DrawTexture(len(textures)))
+  ds = ds.map(_LoadPair(images, textures))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  buffer = config.data.prefetch_buffer_size
+  # Threads overlap loading with the training step; with worker processes each has its own.
+  read_threads = 1 if cache else 2
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=max(buffer, read_threads)))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=buffer))
+  return it_ds
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+  """An endless iterator of this process's training batches.
+
+  Each batch is a dict of host-local numpy arrays, b = train.batch_size // process_count:
+    'image':   uint8 (b, S, S, 3), clean training images, S = data.image_size;
+    'texture': uint8 (b, S, S, 3), anomaly-source textures drawn uniformly, one per image.
+  The stream depends only on (data, train.seed, process_index, process_count), not on
+  data.num_workers. `it.get_state()` / `it.set_state(state)` (or Orbax with
+  `grain.checkpoint.CheckpointSave/CheckpointRestore`) resume it exactly. With worker
+  processes (data.num_workers > 0 and data.cache_decoded False), absl flags must be parsed
+  (absl.app.run); close the iterator (`it.close()`, a no-op without workers) when done.
+
+  Args:
+    config: the experiment config.
+    process_index: jax.process_index().
+    process_count: jax.process_count(); each process reads a disjoint shard of the images.
+
+  Returns:
+    grain.DatasetIterator of batch dicts.
+  """
+  return iter(make_train_dataset(config, process_index=process_index,
+                                 process_count=process_count))
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+class EvalDataset:
+  """The test split in a fixed order, as padded batches, plus original-resolution access.
+
+  Iterating yields dicts of host-local numpy arrays (B = eval.batch_size // process_count):
+    'image':       uint8 (B, S, S, 3) at S = data.image_size;
+    'mask':        float32 (B, S, S), the 0/1 mask bilinearly resized (no antialiasing);
+                   the evaluator thresholds it (paper: >= 1 - 0.5/255; standard: >= 0.5);
+                   zeros for good images and when `has_masks` is False;
+    'label':       int32 (B,), 1 = defective;
+    'defect_type': str (B,), 'file_name': str (B,);
+    'index':       int32 (B,), position in the sorted test split (-1 for padding);
+    'valid':       bool (B,), False for the padding of the last batch.
+
+  Attributes:
+    num_examples: test samples (each appears exactly once over all batches).
+    num_batches: batches per pass.
+    has_masks: whether pixel-level ground truth exists (False: image-level metrics only).
+    labels: int32 (N,); defect_types, file_names: str (N,), in the batch order.
+  """
+
+  def __init__(self, reader, config: ml_collections.ConfigDict, process_index: int,
+               process_count: int, cache: bool):
+    self._reader = reader
+    self._config = config
+    self.image_size = config.data.image_size
+    self.global_batch_size = config.eval.batch_size
+    self.batch_size = self.global_batch_size // process_count
+    self.num_examples = len(reader)
+    self.num_batches = -(-self.num_examples // self.global_batch_size)
+    self.has_masks = bool(reader.has_masks)
+    self.labels = np.asarray(reader.labels, np.int32)
+    self.defect_types = np.asarray(reader.defect_types, dtype=str)
+    self.file_names = np.asarray(reader.file_names, dtype=str)
+    self._process_index = process_index
+    self._cache = cache
+    self._threads = max(1, min(4, config.data.num_workers))
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def _indices(self) -> list[int]:
+    """This process's rows of every global batch; -1 marks padding past the last sample."""
+    out = []
+    for b in range(self.num_batches):
+      start = b * self.global_batch_size + self._process_index * self.batch_size
+      out.extend(i if i < self.num_examples else -1
+                 for i in range(start, start + self.batch_size))
+    return out
+
+  def _samples(self):
+    samples = _EvalSamples(self._reader, self.image_size)
+    if self._cache:
+      key = _reader_key(self._config, self._reader, "test") + (self.image_size,)
+      return _cached(key, lambda: _decode_all(samples, "test images"))
+    return samples
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    load = _LoadEval(self._samples(), self.labels, self.defect_types, self.file_names,
+                     self.image_size)
+    ds = grain.MapDataset.source(self._indices()).map(load).batch(self.batch_size)
+    threads = 1 if self._cache else self._threads
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                     prefetch_buffer_size=max(2, threads))))
+
+  def original(self, index: int) -> dict[str, Any]:
+    """Sample `index` at its original resolution (AU-PRO at full resolution, overlays).
+
+    Returns:
+      {'image': uint8 (H, W, 3), 'mask': uint8 (H, W) of 0/1 (zeros for good images or
+      without masks), 'label': int, 'defect_type': str, 'file_name': str}.
+    """
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"test index {index} out of range [0, {self.num_examples}).")
+    image_data, mask_data = self._reader.read(index)
+    name = self._reader.name(index)
+    image = images_lib.decode_image(image_data, name)
+    if mask_data is None:
+      mask = np.zeros(image.shape[:2], np.uint8)
+    else:
+      mask = images_lib.decode_mask(mask_data, f"the mask of {name}")
+    return {"image": image, "mask": mask, "label": int(self.labels[index]),
+            "defect_type": str(self.defect_types[index]),
+            "file_name": str(self.file_names[index])}
+
+
+def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
+                      process_count: int = 1) -> EvalDataset:
+  """The test split for evaluation (see `EvalDataset` for the batch format).
+
+  With several processes, each yields its rows [p*B/P, (p+1)*B/P) of every global batch of
+  B = eval.batch_size, so that every process runs the same number of steps and the global batch
+  is the processes' batches concatenated in process order.
+
+  Args:
+    config: the experiment config.
+    process_index, process_count: this process and the number of processes.
+
+  Returns:
+    EvalDataset (iterable, re-iterable; `original(i)`, `num_examples`, `has_masks`).
+
+  Raises:
+    DataError: no test split (a folder data set without `<root>/test`), or a malformed one.
+  """
+  _check_config(config, process_count, batch_fields=("eval",))
+  _check_process(process_index, process_count)
+  cache = config.data.get("cache_decoded", True)
+  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache)
+
+
+load_image = images_lib.load_image
