@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sim.beta_max = 0.8  # Blend factor beta ~ U[0, beta_max); texture opacity is 1 - beta.
   sim.num_augmenters = 3  # Distinct texture augmenters drawn per sample out of the ten.
   sim.texture_rotate_max_deg = 45.0  # The "rotate" augmenter's angle ~ U(-45, 45).
+  sim.batching = "auto"  # "vmap", "map" (loop over samples) or "auto" (map on CPU, else vmap).
 
   # --- model (DRAEM_SPEC section 1) ---------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

@@ -45,7 +45,7 @@ def _blur_matrix(n: int, window: np.ndarray) -> np.ndarray:
   for i in range(n):
     lo, hi = max(0, i - r), min(n, i + r + 1)
     m[i, lo:hi] = window[lo - i + r:hi - i + r]
-  return m.astype(np.float32)
+  return m  # float64; cast to the data's dtype by the caller.
 
 
 def _gaussian_blur(x: jax.Array) -> jax.Array:

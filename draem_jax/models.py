@@ -57,7 +57,7 @@ def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
   last pixels map exactly onto the first and last input pixels.
   """
   if n_in == 1 or n_out == 1:
-    m = np.zeros((n_out, n_in), np.float32)
+    m = np.zeros((n_out, n_in), np.float64)
     m[:, 0] = 1.0
     return m
   pos = np.arange(n_out, dtype=np.float64) * (n_in - 1) / (n_out - 1)
@@ -66,7 +66,7 @@ def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
   m = np.zeros((n_out, n_in), np.float64)
   m[np.arange(n_out), lo] = 1.0 - frac
   m[np.arange(n_out), lo + 1] += frac
-  return m.astype(np.float32)
+  return m  # float64; callers cast to the activation dtype (float64 runs stay exact).
 
 
 def upsample2x_align_corners(x: jax.Array) -> jax.Array:
@@ -294,3 +294,18 @@ def create_model(model_config) -> DRAEM:
 def count_params(params) -> int:
   """Total number of parameter entries in a pytree (works on ShapeDtypeStructs)."""
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def predict(model: DRAEM, variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Inference: reconstruction and the pixel anomaly map (BatchNorm running statistics).
+
+  Args:
+    model: the `DRAEM` module.
+    variables: {'params', 'batch_stats'}.
+    images: (B, H, W, 3) in [0, 1].
+
+  Returns:
+    (reconstruction (B, H, W, 3), anomaly map (B, H, W) = softmax(logits)[..., 1]), float32.
+  """
+  rec, logits = model.apply(variables, images, train=False)
+  return rec, jax.nn.softmax(logits, axis=-1)[..., 1]

@@ -1,0 +1,90 @@
+"""Anomaly simulator speed: jitted draem_jax.simulator vs a numpy per-sample implementation.
+
+Per-sample wall time of one simulated batch (rotation, Perlin mask, three texture augmenters,
+blend; DRAEM_SPEC section 4) at --size, for each batch size and batching mode of the jitted
+simulator, next to bench/numpy_simulator.py (the same sampler in numpy, one sample after
+another on the host, as a data loader would run it). Inputs are random uint8 images and
+textures (the cost does not depend on the content). Compilation is excluded; each row is
+the median (and minimum) over --repeats batches drawn with different keys.
+
+  python bench/simulator.py --batch-sizes 8,32 --size 256 --repeats 5
+
+Keep runs short on a shared machine; timings there vary by tens of percent between runs.
+"""
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# pylint: disable=wrong-import-position
+import numpy_simulator
+from configs import mvtec
+from draem_jax import simulator
+
+
+def _time(fn, repeats):
+  times = []
+  for r in range(repeats):
+    start = time.perf_counter()
+    fn(r)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)), float(np.min(times))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch-sizes", default="8,32", help="Comma-separated batch sizes.")
+  parser.add_argument("--size", type=int, default=256, help="Square image side.")
+  parser.add_argument("--repeats", type=int, default=5, help="Timed batches per row.")
+  parser.add_argument("--modes", default="map,vmap",
+                      help="Batching modes of the jitted simulator to time (map, vmap).")
+  args = parser.parse_args()
+  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  modes = args.modes.split(",")
+  cfg = mvtec.get_config().simulator
+  base = simulator.SimulatorConfig.from_config(cfg)
+  rng = np.random.default_rng(0)
+
+  print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} on {jax.default_backend()}, {args.size}x{args.size}, "
+        f"median (min) of {args.repeats} batches")
+  rows = []
+  for batch in batch_sizes:
+    images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
+    textures = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
+
+    np_rng = np.random.default_rng(1)
+    np_med, np_min = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
+                           args.repeats)
+    rows.append((batch, "numpy per sample", np_med / batch, np_min / batch, 1.0, 1.0))
+    for mode in modes:
+      c = dataclasses.replace(base, batching=mode)
+      fn = jax.jit(lambda k, i, t, c=c: simulator.simulate(k, i, t, c))
+      dev_images, dev_textures = jax.device_put(images), jax.device_put(textures)
+      start = time.perf_counter()
+      jax.block_until_ready(fn(jax.random.key(0), dev_images, dev_textures))
+      compile_s = time.perf_counter() - start
+      med, low = _time(lambda r, fn=fn: jax.block_until_ready(
+          fn(jax.random.key(r + 1), dev_images, dev_textures)), args.repeats)
+      rows.append((batch, f"jax jit, {mode} (compile {compile_s:.1f} s)", med / batch,
+                   low / batch, np_med / med, np_min / low))
+
+  print("| batch | implementation | ms / sample, median (min) | speed-up vs numpy, median (min) |")
+  print("|---:|---|---:|---:|")
+  for batch, name, med, low, ratio, ratio_min in rows:
+    print(f"| {batch} | {name} | {med * 1e3:.2f} ({low * 1e3:.2f}) | "
+          f"{ratio:.1f}x ({ratio_min:.1f}x) |")
+
+
+if __name__ == "__main__":
+  main()

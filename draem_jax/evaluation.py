@@ -1,0 +1,220 @@
+"""Inference and evaluation: anomaly maps, image scores, metrics, overlays (DRAEM_SPEC 5).
+
+On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the probability of
+the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
+counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`). On the host
+(`evaluate`): the metrics of `draem_jax.metrics` over the whole test split, written to
+`<out>/metrics.json`, a Markdown comparison with the paper, per-image scores and overlays.
+"""
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from draem_jax import data as data_lib
+from draem_jax import metrics as metrics_lib
+from draem_jax import parallel
+from draem_jax import visualize
+from draem_jax.data import images as images_lib
+
+METRICS_FILE = "metrics.json"
+SCORES_FILE = "scores.csv"
+COMPARISON_FILE = "comparison.md"
+OVERLAY_DIR = "overlays"
+
+
+def mean_filter_max(maps: jax.Array, size: int) -> jax.Array:
+  """Image scores: max of the `size` x `size` mean filter, stride 1, zero padding size // 2.
+
+  Args:
+    maps: (B, H, W) anomaly maps.
+    size: odd filter size (21 in the paper).
+
+  Returns:
+    (B,) scores. A map of ones reads (size // 2 + 1)^2 / size^2 in its corners.
+  """
+  pad = size // 2
+  sums = jax.lax.reduce_window(maps, 0.0, jax.lax.add, (1, size, size), (1, 1, 1),
+                               ((0, 0), (pad, pad), (pad, pad)))
+  return jnp.max(sums, axis=(1, 2)) / (size * size)
+
+
+def make_predict_fn(model: nn.Module, mean_filter_size: int) -> Callable:
+  """`predict(variables, images) -> (maps, scores)` (not jitted).
+
+  Args of the returned function:
+    variables: {'params', 'batch_stats'}; BatchNorm uses the running statistics.
+    images: (B, H, W, 3) uint8 0..255 (or float in [0, 1]).
+
+  Returns of the returned function:
+    maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
+  """
+
+  def predict(variables, images):
+    if images.dtype == jnp.uint8:
+      x = images.astype(jnp.float32) / 255.0
+    else:
+      x = images.astype(jnp.float32)
+    _, logits = model.apply(variables, x, train=False)
+    maps = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+    return maps, mean_filter_max(maps, mean_filter_size)
+
+  return predict
+
+
+def jit_predict_fn(predict: Callable, mesh: Mesh) -> Callable:
+  """jit with the variables replicated and the images sharded on the batch axis."""
+  return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=parallel.batch_sharded(mesh))
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A global array as numpy on every process."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def predict_split(predict: Callable, variables, eval_ds: data_lib.EvalDataset,
+                  mesh: Mesh, desc: str = "evaluating") -> dict[str, np.ndarray]:
+  """Runs `predict` over the test split; returns host arrays in test-split order.
+
+  Returns:
+    {'maps': (N, S, S) float32, 'scores': (N,), 'masks': (N, S, S) float32 resized ground
+    truth (not thresholded), 'images': (N, S, S, 3) uint8}.
+  """
+  out = {"maps": [], "scores": [], "masks": [], "images": [], "index": []}
+  show = jax.process_index() == 0
+  for batch in tqdm(eval_ds, total=len(eval_ds), desc=desc, disable=not show, leave=False):
+    arrays = parallel.global_batch(
+        {"image": batch["image"], "mask": batch["mask"], "index": batch["index"]}, mesh)
+    maps, scores = predict(variables, arrays["image"])
+    index = _to_host(arrays["index"])
+    keep = index >= 0
+    out["index"].append(index[keep])
+    out["maps"].append(_to_host(maps)[keep])
+    out["scores"].append(_to_host(scores)[keep])
+    out["masks"].append(_to_host(arrays["mask"])[keep])
+    out["images"].append(_to_host(arrays["image"])[keep])
+  result = {k: np.concatenate(v) for k, v in out.items()}
+  order = np.argsort(result.pop("index"), kind="stable")
+  return {k: v[order] for k, v in result.items()}
+
+
+def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float | None:
+  """AU-PRO with maps upsampled (bilinear) to each image's original size, as MVTec's script."""
+  originals = [eval_ds.original(i)["mask"] for i in range(eval_ds.num_examples)]
+  shapes = {m.shape for m in originals}
+  if len(shapes) != 1:
+    logging.warning("Test images have several sizes %s: AU-PRO at full resolution skipped.",
+                    sorted(shapes))
+    return None
+  (h, w), = shapes
+  up = np.stack([images_lib.resize_bilinear(m.astype(np.float32), (h, w)) for m in maps])
+  return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(["file_name", "defect_type", "label", "score", "predicted_anomalous"])
+  for i, score in enumerate(scores):
+    writer.writerow([eval_ds.file_names[i], eval_ds.defect_types[i], int(eval_ds.labels[i]),
+                     f"{float(score):.6f}", int(bool(score >= threshold))])
+  return buf.getvalue()
+
+
+def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
+                    pixel_threshold: float, image_threshold: float) -> int:
+  written = 0
+  for i in tqdm(range(eval_ds.num_examples), desc="overlays", leave=False):
+    defect, name = str(eval_ds.defect_types[i]), str(eval_ds.file_names[i])
+    score = float(pred["scores"][i])
+    verdict = "anomalous" if score >= image_threshold else "normal"
+    picture = visualize.panel(
+        pred["images"][i], pred["maps"][i], pixel_threshold,
+        None if gt is None else gt[i],
+        title=f"{defect}/{name}  score {score:.3f}  {verdict}")
+    visualize.save_png(out_dir / OVERLAY_DIR / defect / f"{Path(name).stem}.png", picture)
+    written += 1
+  return written
+
+
+def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module, mesh: Mesh,
+             out_dir: str | os.PathLike | None, *, step: int,
+             write_overlays: bool | None = None) -> dict[str, Any]:
+  """Evaluates one category's test split; writes results under `out_dir` (process 0).
+
+  Args:
+    config: the run's config (data, eval groups are used).
+    variables: the model variables ({'params', 'batch_stats'}), replicated on `mesh`.
+    model: the DRAEM module.
+    mesh: device mesh.
+    out_dir: where metrics.json, comparison.md, scores.csv and overlays/ go (None: nowhere).
+    step: the checkpoint's step (recorded in metrics.json).
+    write_overlays: default config.eval.write_overlays.
+
+  Returns:
+    The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
+  """
+  ev = config.eval
+  parallel.check_batch_size(ev.batch_size, mesh, "eval.batch_size")
+  eval_ds = data_lib.make_eval_dataset(config, process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+  predict = jit_predict_fn(make_predict_fn(model, ev.mean_filter_size), mesh)
+  pred = predict_split(predict, variables, eval_ds, mesh)
+  if eval_ds.has_masks:
+    gt = metrics_lib.gt_masks(pred["masks"], ev.protocol)
+    result = metrics_lib.evaluate_category(eval_ds.labels, pred["scores"], gt, pred["maps"],
+                                           eval_ds.defect_types, ev.aupro_fpr_limit)
+  else:  # Image-level ground truth only.
+    gt = None
+    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"])}
+    result["f1_max"], result["f1_threshold"] = metrics_lib.f1_max(eval_ds.labels,
+                                                                  pred["scores"])
+  if eval_ds.has_masks and ev.get("aupro_full_resolution", False):
+    result["aupro_full_resolution"] = _full_resolution_aupro(eval_ds, pred["maps"],
+                                                             ev.aupro_fpr_limit)
+  result.update(category=str(config.data.category), step=int(step), protocol=ev.protocol,
+                has_masks=bool(eval_ds.has_masks), num_test_images=int(eval_ds.num_examples))
+  if out_dir is None or jax.process_index() != 0:
+    return result
+  out_dir = Path(out_dir)
+  image_threshold = result.get("f1_threshold", float("nan"))
+  _atomic_write(out_dir / METRICS_FILE,
+                json.dumps(metrics_lib.json_safe(result), indent=2, sort_keys=True) + "\n")
+  _atomic_write(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"], image_threshold))
+  table = metrics_lib.comparison_table(str(config.data.category), result)
+  _atomic_write(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, protocol "
+                f"{ev.protocol}\n\n{table}\n")
+  if ev.write_overlays if write_overlays is None else write_overlays:
+    pixel_threshold = result.get("pixel_f1_threshold", float("nan"))
+    if not np.isfinite(pixel_threshold):
+      pixel_threshold = 0.5
+    if not np.isfinite(image_threshold):
+      image_threshold = 0.5
+    _write_overlays(out_dir, eval_ds, pred, gt, pixel_threshold, image_threshold)
+  logging.info("Evaluation of %s at step %d: %s", config.data.category, step,
+               {k: result.get(k) for k in metrics_lib.METRIC_NAMES})
+  return result

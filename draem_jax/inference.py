@@ -1,0 +1,226 @@
+"""Using a trained run: restore it from its workdir, evaluate it, score new images.
+
+`evaluate.py` and `predict.py` are thin flag wrappers around `evaluate_workdir` and
+`predict_images`.
+"""
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from draem_jax import checkpointing
+from draem_jax import config_lib
+from draem_jax import data as data_lib
+from draem_jax import evaluation
+from draem_jax import metrics as metrics_lib
+from draem_jax import models
+from draem_jax import parallel
+from draem_jax import train_step as train_step_lib
+from draem_jax import visualize
+from draem_jax.data import images as images_lib
+from draem_jax.errors import ConfigError, DataError
+from draem_jax.trainer import CHECKPOINT_DIR, EVAL_DIR
+
+
+class LoadedRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  variables: Any  # {'params', 'batch_stats'}, replicated on `mesh`.
+  mesh: Mesh
+  step: int
+
+
+def load_run(workdir: str | os.PathLike, step: int | None = None) -> LoadedRun:
+  """Restores a run's config and the model variables of checkpoint `step` (default newest)."""
+  workdir = Path(workdir).expanduser()
+  config = config_lib.load_config(workdir)
+  checkpointer = checkpointing.Checkpointer(workdir / CHECKPOINT_DIR,
+                                            config.checkpoint.max_to_keep)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir / CHECKPOINT_DIR} holds no checkpoint yet: train first "
+                              f"(python train.py ... --workdir {workdir}).")
+    mesh = parallel.make_mesh()
+    model = models.create_model(config.model)
+    tx = train_step_lib.make_optimizer(config.optim, total_steps=1)  # Structure only.
+    size = config.data.image_size
+    abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+    state = checkpointer.restore(abstract, step=step)
+  finally:
+    checkpointer.close()
+  return LoadedRun(config, model, state.variables(), mesh, int(step))
+
+
+def _run_workdirs(workdir: Path) -> list[Path]:
+  """The workdir itself, or for an `all` run its per-category sub-workdirs."""
+  config = config_lib.load_config(workdir)
+  if config.data.source == "mvtec" and config.data.category == "all":
+    return [workdir / c for c in data_lib.MVTEC_CATEGORIES
+            if (workdir / c / config_lib.CONFIG_FILE).is_file()]
+  return [workdir]
+
+
+def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
+                     protocol: str | None = None, full_resolution: bool | None = None,
+                     write_overlays: bool | None = None,
+                     out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Evaluates a run (every category of an `all` run); returns {category: metrics}.
+
+  Args:
+    workdir: a folder written by train.py.
+    step: checkpoint step (default: newest).
+    protocol: "paper" or "standard" (default: the run's eval.protocol).
+    full_resolution: also AU-PRO at the original resolution (default: the run's config).
+    write_overlays: overlay PNGs (default: the run's eval.write_overlays).
+    out_dir: output folder (default: <workdir>/eval/<step>; per category for `all` runs).
+  """
+  workdir = Path(workdir).expanduser()
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
+  results = {}
+  runs = _run_workdirs(workdir)
+  for run_dir in runs:
+    run = load_run(run_dir, step)
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    if protocol is not None:
+      config.eval.protocol = protocol
+    if full_resolution is not None:
+      config.eval.aupro_full_resolution = full_resolution
+    config_lib.validate_config(config)
+    out = Path(out_dir) / run_dir.name if out_dir and len(runs) > 1 else out_dir
+    out = Path(out) if out else run_dir / EVAL_DIR / str(run.step)
+    result = evaluation.evaluate(config, run.variables, run.model, run.mesh, out,
+                                 step=run.step, write_overlays=write_overlays)
+    results[str(config.data.category)] = result
+    print(f"{config.data.category} (step {run.step}, protocol {config.eval.protocol}): " +
+          ", ".join(f"{k} {100 * result[k]:.1f}" for k in
+                    ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+                    if result.get(k) is not None and np.isfinite(result[k])) +
+          f"  -> {out}")
+  if len(runs) > 1 and jax.process_index() == 0:
+    (workdir / "summary.md").write_text(metrics_lib.summary_table(results) + "\n")
+  return results
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring new images.
+
+
+def find_images(spec: str) -> list[Path]:
+  """Image files named by a file, a folder (searched recursively) or a glob pattern."""
+  path = Path(spec).expanduser()
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = sorted(p for p in path.rglob("*") if p.is_file() and images_lib.is_image_file(p))
+  else:
+    found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                   if Path(p).is_file() and images_lib.is_image_file(p))
+  if not found:
+    raise DataError(f"--images {spec!r} matches no image file (.png, .jpg, .jpeg, .bmp, .tif, "
+                    ".tiff): give a file, a folder or a quoted glob such as 'parts/*.png'.")
+  return found
+
+
+def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:
+  """Image and pixel F1-max thresholds from `workdir/eval/<step>/metrics.json` (if present)."""
+  path = workdir / EVAL_DIR / str(step) / evaluation.METRICS_FILE
+  if not path.is_file():
+    return {}
+  saved = json.loads(path.read_text())
+  return {k: float(saved[k]) for k in ("f1_threshold", "pixel_f1_threshold")
+          if saved.get(k) is not None}
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+  """Unique PNG names: the file stem, with a counter where two inputs share a stem."""
+  names, seen = [], {}
+  for p in paths:
+    count = seen.get(p.stem, 0)
+    seen[p.stem] = count + 1
+    names.append(f"{p.stem}.png" if count == 0 else f"{p.stem}_{count}.png")
+  return names
+
+
+def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
+                   step: int | None = None, threshold: float | None = None,
+                   write_overlays: bool = True) -> list[dict[str, Any]]:
+  """Scores images of any size (RGB or grayscale) with a trained run.
+
+  Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
+  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its score is
+  >= the threshold: `threshold`, else the image F1-max threshold found by evaluate.py for this
+  checkpoint.
+
+  Returns:
+    One record per image: file, score, threshold, anomalous.
+  """
+  workdir = Path(workdir).expanduser()
+  paths = find_images(images)
+  run = load_run(workdir, step)
+  found = eval_thresholds(workdir, run.step)
+  if threshold is None:
+    if "f1_threshold" not in found:
+      raise ConfigError(
+          f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
+          f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
+          "F1-max threshold on the test split), or pass --threshold.")
+    threshold = found["f1_threshold"]
+  pixel_threshold = found.get("pixel_f1_threshold", 0.5)
+  config = run.config
+  size = config.data.image_size
+  batch_size = config.eval.batch_size
+  parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
+  predict = evaluation.jit_predict_fn(
+      evaluation.make_predict_fn(run.model, config.eval.mean_filter_size), run.mesh)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  names = _output_names(paths)
+  records = []
+  for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
+    chunk = paths[start:start + batch_size]
+    originals = [data_lib.load_image(p) for p in chunk]
+    batch = np.zeros((batch_size, size, size, 3), np.uint8)
+    for i, image in enumerate(originals):
+      batch[i] = images_lib.resize_bilinear(image, size)
+    maps, scores = predict(run.variables,
+                           parallel.global_batch({"image": batch}, run.mesh)["image"])
+    maps, scores = np.asarray(maps), np.asarray(scores)
+    for i, (path, image) in enumerate(zip(chunk, originals)):
+      score = float(scores[i])
+      anomalous = bool(score >= threshold)
+      records.append({"file": str(path), "score": score, "threshold": float(threshold),
+                      "anomalous": anomalous})
+      if write_overlays:
+        full_map = images_lib.resize_bilinear(maps[i].astype(np.float32), image.shape[:2])
+        picture = visualize.panel(
+            image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
+            title=f"{path.name}  score {score:.3f}  "
+                  f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
+        visualize.save_png(out_dir / names[start + i], picture)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=["file", "score", "threshold", "anomalous"])
+  writer.writeheader()
+  writer.writerows(records)
+  for name, text in (("scores.csv", buf.getvalue()),
+                     ("scores.json", json.dumps(records, indent=2) + "\n")):
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, out_dir / name)
+  logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
+               sum(r["anomalous"] for r in records), threshold, out_dir)
+  return records

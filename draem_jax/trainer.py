@@ -1,0 +1,257 @@
+"""The training job: `train_and_evaluate(config, workdir)`.
+
+A run lives in its workdir: config.json, metrics.jsonl, tensorboard/, checkpoints/ and
+eval/<step>/. Starting it again with the same workdir resumes from the newest checkpoint with
+the exact state, data position and simulator draws, so a run killed at any moment (preempted
+TPU VM, SIGKILL, power loss) continues as if it had never stopped. SIGTERM saves a checkpoint
+at the current step before the process exits.
+"""
+
+import logging as pylogging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from draem_jax import checkpointing
+from draem_jax import config_lib
+from draem_jax import data as data_lib
+from draem_jax import evaluation
+from draem_jax import metric_writers
+from draem_jax import models
+from draem_jax import parallel
+from draem_jax import simulator
+from draem_jax import train_step as train_step_lib
+
+CHECKPOINT_DIR = "checkpoints"
+EVAL_DIR = "eval"
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):  # pylint: disable=g-bad-exception-name
+  """SIGTERM arrived; a checkpoint at the current step was saved."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped by SIGTERM after saving a checkpoint at step {step}; run the "
+                     "same command again to resume.")
+    self.step = step
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the training loop checks between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the end of this step.")
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _log_topology(mesh) -> None:
+  logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices: %s",
+               jax.__version__, jax.default_backend(), jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               ", ".join(str(d) for d in mesh.devices.flat))
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Means over the logging window; the learning rate is the latest one."""
+  fetched = jax.device_get(history)
+  out = {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
+  if "learning_rate" in out:
+    out["learning_rate"] = float(fetched[-1]["learning_rate"])
+  return out
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Drops INFO chatter of Orbax, grain and TFDS (dozens of lines per checkpoint)."""
+
+  _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}",
+            f"{os.sep}tensorflow_datasets{os.sep}")
+
+  def filter(self, record):
+    return record.levelno > pylogging.INFO or not any(n in record.pathname
+                                                      for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own INFO logs readable; library warnings and errors still show."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_checkpoint: int | None,
+                  workdir: Path) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in "
+            f"{workdir / CHECKPOINT_DIR}" if last_checkpoint is not None else
+            "no checkpoint had been written yet")
+    raise TrainingDivergedError(
+        f"non-finite training metrics {bad} at or before step {step}; {kept}. Lower "
+        "optim.learning_rate, or use model.dtype='float32', and train again (with a new "
+        "--workdir to start over).")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Any:
+  """Trains DRAEM per `config` in `workdir`, resuming if it holds a run; then evaluates.
+
+  `data.category='all'` (MVTec AD) trains the 15 categories one after another, each in
+  `workdir/<category>`, and returns {category: metrics}.
+
+  Returns:
+    The final evaluation metrics (None when the data has no test split).
+  """
+  config_lib.validate_config(config)
+  quiet_library_logs()
+  parallel.maybe_initialize_distributed(config.train.distributed)
+  workdir = Path(workdir).expanduser().absolute()
+  if config.data.source == "mvtec" and config.data.category == "all":
+    results = {}
+    for category in data_lib.MVTEC_CATEGORIES:
+      logging.info("=== category %s ===", category)
+      results[category] = _train_one(config_lib.for_category(config, category),
+                                     workdir / category)
+    if jax.process_index() == 0:
+      from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+      done = {c: r for c, r in results.items() if r is not None}
+      (workdir / "summary.md").write_text(metrics_lib.summary_table(done) + "\n")
+    return results
+  return _train_one(config, workdir)
+
+
+def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
+  """One category's run (see `train_and_evaluate`)."""
+  process_index, process_count = jax.process_index(), jax.process_count()
+  mesh = parallel.make_mesh()
+  _log_topology(mesh)
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  data_lib.validate_data_config(config, process_count=process_count,
+                                require_test=config.train.eval_every_steps > 0)
+  num_examples = data_lib.num_train_examples(config)
+  total_steps = train_step_lib.num_train_steps(config.train, num_examples)
+  image_shape = (config.data.image_size, config.data.image_size)
+
+  if (workdir / config_lib.CONFIG_FILE).is_file():
+    config_lib.check_resumable(config_lib.load_config(workdir), config, workdir)
+  if process_index == 0:
+    config_lib.save_config(config, workdir)
+
+  model = models.create_model(config.model)
+  tx = train_step_lib.make_optimizer(config.optim, total_steps)
+  learning_rate_fn = train_step_lib.learning_rate_schedule(config.optim, total_steps)
+  checkpointer = checkpointing.Checkpointer(workdir / CHECKPOINT_DIR,
+                                            config.checkpoint.max_to_keep)
+  train_iter = data_lib.make_train_iterator(config, process_index=process_index,
+                                            process_count=process_count)
+  try:
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+      state = train_step_lib.create_train_state(jax.random.key(config.train.seed), model, tx,
+                                                image_shape, mesh)
+      start_step = 0
+    else:
+      abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
+      state = checkpointer.restore(abstract, train_iter, step=start_step)
+      logging.info("Resuming from step %d.", start_step)
+    logging.info("%d training images, %d steps (%d per epoch at batch %d).", num_examples,
+                 total_steps, max(num_examples // config.train.batch_size, 1),
+                 config.train.batch_size)
+    step_fn = train_step_lib.jit_train_step(
+        train_step_lib.make_train_step(model, tx, config, simulate=simulator.simulate,
+                                       learning_rate_fn=learning_rate_fn), mesh)
+    writer = metric_writers.MetricWriter(workdir, start_step, enabled=process_index == 0)
+    try:
+      state = _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, writer,
+                    start_step, total_steps, model)
+      final_step = int(jax.device_get(state.step))
+      if not data_lib.has_test_split(config):
+        logging.info("No test split: training done at step %d, no evaluation.", final_step)
+        return None
+      result = evaluation.evaluate(config, state.variables(), model, mesh,
+                                   workdir / EVAL_DIR / str(final_step), step=final_step)
+      writer.write_scalars(final_step, _eval_scalars(result))
+      return result
+    finally:
+      writer.close()
+  finally:
+    train_iter.close()
+    checkpointer.close()
+
+
+def _eval_scalars(result: dict[str, Any]) -> dict[str, float]:
+  return {f"eval/{k}": float(result[k]) for k in ("image_auroc", "pixel_auroc", "pixel_ap",
+                                                  "aupro") if result.get(k) is not None}
+
+
+def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, writer,
+          start_step: int, total_steps: int, model):
+  """The step loop: train, log, checkpoint, evaluate; returns the final state."""
+  log_every = config.train.log_every_steps
+  ckpt_every = config.checkpoint.every_steps
+  eval_every = config.train.eval_every_steps
+  batch_size = config.train.batch_size
+  last_checkpoint = checkpointer.latest_step()
+  history = []
+  step = start_step
+  bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  window_start, window_steps = time.perf_counter(), 0
+  with _SigtermFlag() as sigterm:
+    while step < total_steps:
+      batch = parallel.global_batch(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      window_steps += 1
+      history.append(metrics)
+      bar.update(1)
+      must_save = step % ckpt_every == 0 or step == total_steps or sigterm.raised
+      if step % log_every == 0 or must_save or step == total_steps:
+        scalars = _mean_metrics(history)
+        history = []
+        _check_finite(scalars, step, last_checkpoint, workdir)
+        elapsed = time.perf_counter() - window_start
+        scalars["steps_per_second"] = window_steps / max(elapsed, 1e-9)
+        scalars["images_per_second"] = scalars["steps_per_second"] * batch_size
+        window_start, window_steps = time.perf_counter(), 0
+        writer.write_scalars(step, scalars)
+        bar.set_postfix({k: f"{scalars[k]:.4g}" for k in
+                         ("loss", "l2", "ssim", "focal", "images_per_second")})
+      if must_save:
+        checkpointer.save(step, state, train_iter)
+        last_checkpoint = step
+      if sigterm.raised:
+        bar.close()
+        raise Preempted(step)
+      if eval_every and step % eval_every == 0 and step < total_steps:
+        result = evaluation.evaluate(config, state.variables(), model, mesh,
+                                     workdir / EVAL_DIR / str(step), step=step,
+                                     write_overlays=False)
+        writer.write_scalars(step, _eval_scalars(result))
+  bar.close()
+  return state

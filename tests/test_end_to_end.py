@@ -1,0 +1,109 @@
+"""The user's whole job on the real bottle data: train -> evaluate -> predict, and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import helpers
+from draem_jax import trainer
+from draem_jax.errors import ConfigError, DataError
+
+BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, *args], cwd=helpers.REPO, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("bottle_run")
+  config = helpers.tiny_config()
+  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.eval.write_overlays = False  # evaluate.py writes them below.
+  result = trainer.train_and_evaluate(config, workdir)
+  return workdir, result
+
+
+def test_train_writes_artifacts_and_evaluates(trained_workdir):
+  workdir, result = trained_workdir
+  assert (workdir / "config.json").is_file()
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "loss" in r] == [2, 4]
+  assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+  assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
+  assert (workdir / "checkpoints" / "4").is_dir()
+  assert result["num_test_images"] == 83 and result["step"] == 4
+  for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max"):
+    assert 0.0 <= result[key] <= 1.0, key
+  assert set(result["per_defect_type"]) == {"broken_large", "broken_small", "contamination"}
+  assert (workdir / "eval" / "4" / "metrics.json").is_file()
+
+
+def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
+  workdir, train_result = trained_workdir
+  done = _run_cli("evaluate.py", f"--workdir={workdir}", "--protocol=standard",
+                  "--full_resolution", "--overlays")
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = workdir / "eval" / "4"
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["protocol"] == "standard"
+  assert 0.0 <= saved["aupro_full_resolution"] <= 1.0
+  # Same predictions as in training's evaluation; the image metrics do not depend on masks.
+  assert saved["image_auroc"] == pytest.approx(train_result["image_auroc"], abs=1e-6)
+  assert "bottle" in (out / "comparison.md").read_text()
+  overlays = sorted((out / "overlays").rglob("*.png"))
+  assert len(overlays) == 83
+  with Image.open(overlays[0]) as im:
+    assert im.size[0] > im.size[1] >= 32  # Tiles side by side.
+  scores_csv = (out / "scores.csv").read_text().splitlines()
+  assert len(scores_csv) == 84
+
+  # predict.py on original-size test images, one of them made grayscale.
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  for name in ("000.png", "001.png"):
+    (inputs / name).write_bytes((BOTTLE / "test" / "broken_large" / name).read_bytes())
+  Image.open(BOTTLE / "test" / "good" / "000.png").convert("L").save(inputs / "gray.png")
+  done = _run_cli("predict.py", f"--workdir={workdir}", f"--images={inputs}",
+                  f"--out={tmp_path / 'pred'}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  records = json.loads((tmp_path / "pred" / "scores.json").read_text())
+  assert [os.path.basename(r["file"]) for r in records] == ["000.png", "001.png", "gray.png"]
+  assert all(r["threshold"] == pytest.approx(saved["f1_threshold"]) for r in records)
+  assert all(r["anomalous"] == (r["score"] >= r["threshold"]) for r in records)
+  with Image.open(tmp_path / "pred" / "gray.png") as im:
+    assert im.size[0] >= 3 * 900  # Three tiles at the image's own resolution.
+
+
+def test_config_errors_fail_before_compute(tmp_path):
+  config = helpers.tiny_config()
+  config.data.category = "bottel"
+  with pytest.raises(ConfigError, match="data.category"):
+    trainer.train_and_evaluate(config, tmp_path / "a")
+  config = helpers.tiny_config()
+  config.train.num_steps = -5
+  with pytest.raises(ConfigError, match="train.num_steps"):
+    trainer.train_and_evaluate(config, tmp_path / "b")
+  config = helpers.tiny_config(root=tmp_path / "missing")
+  config.data.tfds_data_dir = str(tmp_path / "tfds")  # Nothing prepared there either.
+  with pytest.raises(DataError, match=str(tmp_path / "missing")):
+    trainer.train_and_evaluate(config, tmp_path / "c")
+  assert not (tmp_path / "a" / "checkpoints").exists()
+  # The command line reports it as one line and exit status 2.
+  done = _run_cli("train.py", "--config=configs/mvtec.py", "--config.data.category=bottel",
+                  f"--workdir={tmp_path / 'd'}")
+  assert done.returncode == 2 and "data.category" in done.stderr
+
+
+def test_predict_reports_missing_images(tmp_path, trained_workdir):
+  from draem_jax import inference
+  workdir, _ = trained_workdir
+  with pytest.raises(DataError, match="matches no image"):
+    inference.predict_images(workdir, str(tmp_path / "*.png"), tmp_path / "out")
