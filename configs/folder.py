@@ -13,26 +13,18 @@ Instead of train/good, `--config.data.train_list=files.txt` can list the trainin
 Every other setting is the paper's (configs/mvtec.py).
 """
 
-import importlib.util
 import os
 from pathlib import Path
 
 import ml_collections
 
-
-def _mvtec_config_module():
-  # ml_collections loads config files by path, outside any package, so configs/mvtec.py is
-  # loaded the same way rather than imported.
-  path = Path(__file__).resolve().with_name("mvtec.py")
-  spec = importlib.util.spec_from_file_location("draem_configs_mvtec", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# Config files are loaded by path; train.py sits at the repository root, so `configs` imports.
+from configs import mvtec
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The paper's configuration on a folder data set; `arg` is the folder (data.root)."""
-  config = _mvtec_config_module().get_config()
+  config = mvtec.get_config()
   config.data.source = "folder"
   config.data.root = arg or os.environ.get("DRAEM_FOLDER_ROOT", "")
   config.data.category = Path(config.data.root).name or "folder"  # Names the run only.

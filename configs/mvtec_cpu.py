@@ -7,24 +7,15 @@ to try the tool, for smoke tests, and on machines without an accelerator.
   python train.py --config configs/mvtec_cpu.py --workdir workdirs/bottle_cpu
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _mvtec_config_module():
-  # ml_collections loads config files by path, outside any package: load the sibling likewise.
-  path = Path(__file__).resolve().with_name("mvtec.py")
-  spec = importlib.util.spec_from_file_location("draem_configs_mvtec", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# Config files are loaded by path; train.py sits at the repository root, so `configs` imports.
+from configs import mvtec
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The paper's configuration scaled down for a CPU; `arg` is the category (default bottle)."""
-  config = _mvtec_config_module().get_config(arg)
+  config = mvtec.get_config(arg)
   config.data.image_size = 128  # 128 x 128 instead of 256 x 256: 4x fewer pixels.
   config.model.recon_width = 32  # 1/4 of the paper's widths: ~16x fewer FLOPs per pixel.
   config.model.disc_width = 16

@@ -142,7 +142,16 @@ def _output_dtype(dtype: Dtype) -> Dtype:
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  """2x2 max-pool, stride 2 (odd trailing rows/columns dropped, as VALID pooling does).
+
+  A reshape and a max rather than `nn.max_pool`: the gradient of `reduce_window` is a
+  select-and-scatter that XLA:CPU runs with four int32 index arrays per pooled element;
+  the gradient of `max` is an elementwise mask. (Exact ties split the gradient instead of
+  picking the first maximum; after a ReLU ties are zeros, whose gradient the ReLU drops.)
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class ReconstructiveSubNetwork(nn.Module):
