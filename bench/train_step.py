@@ -83,7 +83,8 @@ class JaxBench:
     if args.mode in ("infer", "both"):
       self.variables = jax.jit(lambda k: models.init_variables(
           self.model, k, (1, args.size, args.size, 3)))(jax.random.key(0))
-      predict = jax.jit(lambda v, x: models.predict(self.model, v, x))
+      predict = jax.jit(lambda v, x: models.predict(self.model, v, x),
+                        compiler_options=models.xla_compiler_options(self.mesh))
       t0 = time.perf_counter()
       self.predict = predict.lower(self.variables, self.batch["augmented"]).compile()
       self.compile_s["infer"] = time.perf_counter() - t0
@@ -134,17 +135,34 @@ class TorchBench:
       self.torch.softmax(logits.float(), dim=1)[:, 1]
 
 
-def time_alternating(benches, fn_name, warmup, repeats):
-  """{framework: [seconds per call]}, calling the frameworks in turn every round."""
+def cpu_seconds() -> float:
+  """User + system CPU time of this process (all threads) so far."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def time_alternating(benches, fn_name, warmup, repeats, cpu_times=None):
+  """{framework: [wall seconds per call]}, calling the frameworks in turn every round.
+
+  The order rotates from round to round, so that no framework always runs right after
+  another one (on a shared machine, whatever the previous call left behind in caches and in
+  the allocator is shared out evenly). If `cpu_times` is a dict, it receives the process CPU
+  seconds per call too: less sensitive than wall time to other processes' load (but it also
+  counts threads that spin while waiting).
+  """
   times = {name: [] for name in benches}
+  names = list(benches)
   for r in range(warmup + repeats):
-    for name, bench in benches.items():
-      t0 = time.perf_counter()
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      bench = benches[name]
+      c0, t0 = cpu_seconds(), time.perf_counter()
       getattr(bench, fn_name)()
-      dt = time.perf_counter() - t0
+      dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
       if r >= warmup:
         times[name].append(dt)
-      print(f"  {fn_name} {name} call {r + 1}/{warmup + repeats}: {dt:.3f} s"
+        if cpu_times is not None:
+          cpu_times.setdefault(name, []).append(dc)
+      print(f"  {fn_name} {name} call {r + 1}/{warmup + repeats}: {dt:.3f} s (CPU {dc:.2f} s)"
             + (" (warm-up)" if r < warmup else ""), flush=True)
   return times
 
@@ -157,7 +175,9 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                       help="bf16: draem_jax model.dtype=bfloat16 / torch CPU autocast.")
-  parser.add_argument("--repeats", type=int, default=3, help="Timed calls per framework.")
+  parser.add_argument("--repeats", type=int, default=4,
+                      help="Timed calls per framework (even: each framework goes first as "
+                      "often as second).")
   parser.add_argument("--warmup", type=int, default=1, help="Untimed calls first.")
   parser.add_argument("--frameworks", default="jax,torch")
   parser.add_argument("--channels_last", action="store_true", help="PyTorch NHWC memory.")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from draem_jax import data as data_lib
 from draem_jax import metrics as metrics_lib
+from draem_jax import models
 from draem_jax import parallel
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
@@ -77,9 +78,13 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int) -> Callable:
 
 
 def jit_predict_fn(predict: Callable, mesh: Mesh) -> Callable:
-  """jit with the variables replicated and the images sharded on the batch axis."""
+  """jit with the variables replicated and the images sharded on the batch axis.
+
+  On CPU meshes it compiles with `models.xla_compiler_options`, as the train step does.
+  """
   return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.batch_sharded(mesh))
+                 out_shardings=parallel.batch_sharded(mesh),
+                 compiler_options=models.xla_compiler_options(mesh))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -171,7 +171,12 @@ def make_train_step(
 
 
 def jit_train_step(train_step, mesh: Mesh):
-  """jit with explicit shardings: state replicated and donated, batch sharded on 'data'."""
+  """jit with explicit shardings: state replicated and donated, batch sharded on 'data'.
+
+  On CPU meshes the step compiles with `models.xla_compiler_options` (XLA's own convolution
+  kernels instead of YNNPACK's, several times faster for DRAEM's backward pass).
+  """
   rep = parallel.replicated(mesh)
   return jax.jit(train_step, in_shardings=(rep, parallel.batch_sharded(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
+                 out_shardings=(rep, rep), donate_argnums=(0,),
+                 compiler_options=models.xla_compiler_options(mesh))

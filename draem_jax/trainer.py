@@ -230,7 +230,10 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
       window_steps += 1
       history.append(metrics)
       bar.update(1)
-      must_save = step % ckpt_every == 0 or step == total_steps or sigterm.raised
+      # Read the flag once: a SIGTERM landing between the save decision and the exit check
+      # would otherwise exit without saving the step just taken.
+      preempted = sigterm.raised
+      must_save = step % ckpt_every == 0 or step == total_steps or preempted
       if step % log_every == 0 or must_save or step == total_steps:
         scalars = _mean_metrics(history)
         history = []
@@ -245,7 +248,7 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
       if must_save:
         checkpointer.save(step, state, train_iter)
         last_checkpoint = step
-      if sigterm.raised:
+      if preempted:
         bar.close()
         raise Preempted(step)
       if eval_every and step % eval_every == 0 and step < total_steps:

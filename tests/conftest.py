@@ -4,12 +4,19 @@ Must run before JAX initialises its backends, hence here and at import time.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 # The suite is dominated by XLA compile time of tiny networks, not by running them: LLVM's
 # cheapest optimisation level halves compile time (and is inherited by subprocesses).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_backend_optimization_level=0").strip()
+
+# A persistent compilation cache, fresh for each session (every test still compiles what it
+# is the first to need) and inherited by the train.py / evaluate.py / predict.py subprocesses
+# that the end-to-end and resume tests start: they compile the same functions again and again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="draem_jax_test_xla_cache_"))
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest

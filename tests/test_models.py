@@ -139,8 +139,14 @@ def test_batchnorm_follows_pytorch_defaults():
   new_mean = updates["batch_stats"]["bn"]["mean"]
   np.testing.assert_allclose(new_mean, 0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
   new_var = updates["batch_stats"]["bn"]["var"]
-  # Flax keeps the biased batch variance in the running average (PyTorch the unbiased one).
-  np.testing.assert_allclose(new_var, 0.9 + 0.1 * y.var(axis=(0, 1, 2)), rtol=1e-4)
+  # The running average takes the unbiased batch variance, as PyTorch's BatchNorm2d.
+  np.testing.assert_allclose(new_var, 0.9 + 0.1 * np.var(np.asarray(y, np.float64),
+                                                         axis=(0, 1, 2), ddof=1), rtol=1e-4)
+  # Normalisation uses the biased batch variance (also as PyTorch).
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  yn = (y - y.mean(axis=(0, 1, 2))) / np.sqrt(y.var(axis=(0, 1, 2)) + 1e-5)
+  bn = variables["params"]["bn"]
+  np.testing.assert_allclose(out, np.maximum(yn * bn["scale"] + bn["bias"], 0), atol=1e-4)
 
 
 def test_bfloat16_activations_with_float32_params():
@@ -165,3 +171,14 @@ def test_create_model_rejects_bad_config():
   cfg.dtype, cfg.disc_width = "float32", 0
   with pytest.raises(ConfigError, match="model.disc_width"):
     models.create_model(cfg)
+
+
+def test_xla_cpu_compiler_options_and_fallback(monkeypatch):
+  assert models.xla_compiler_options(jax.devices()) == models.XLA_CPU_COMPILER_OPTIONS
+  # A jaxlib whose XLA lacks the option: compile without options instead of failing.
+  monkeypatch.setattr(models, "XLA_CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_test": ""})
+  models._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert models.xla_compiler_options(jax.devices()) is None
+  finally:
+    models._cpu_options_supported.cache_clear()  # pylint: disable=protected-access

@@ -16,7 +16,9 @@ import helpers
 from draem_jax import checkpointing, models, parallel
 from draem_jax import train_step as ts
 
-TOTAL_STEPS = 8
+# Long enough that a signal sent when a checkpoint appears lands well before the end (a step
+# of this toy model takes milliseconds; startup and compilation dominate the test's time).
+TOTAL_STEPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def _command(data_dirs, workdir: Path) -> list[str]:
   config.train.batch_size = 2
   config.train.num_steps = TOTAL_STEPS
   config.train.log_every_steps = 1
-  config.checkpoint.every_steps = 2
+  config.checkpoint.every_steps = 4
   config.checkpoint.max_to_keep = 10
   return [sys.executable, str(helpers.REPO / "train.py"), "--config",
           str(helpers.REPO / "configs" / "mvtec.py"), f"--workdir={workdir}",
