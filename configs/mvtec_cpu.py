@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The paper's configuration scaled down for a CPU; `arg` is the category (default bottle)."""
   config = mvtec.get_config(arg)
   # Chosen for the best bottle result in 30 minutes of training on a 2-core x86 CPU
-  # (bench/RESULTS.md): at 64x64 a step takes ~0.9 s there, 128x128 would take ~3.6 s per step
+  # (bench/RESULTS.md): at 64x64 a step takes 0.5-0.8 s there, 128x128 would take ~3.6 s per step
   # and see 4x fewer batches in the same time.
   config.data.image_size = 64  # 64 x 64 instead of 256 x 256: 16x fewer pixels.
   config.model.recon_width = 32  # 1/4 of the paper's widths: ~16x fewer FLOPs per pixel.

@@ -36,6 +36,7 @@ METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.csv"
 COMPARISON_FILE = "comparison.md"
 OVERLAY_DIR = "overlays"
+MIN_OVERLAY_SIDE = 256  # Overlay tiles are enlarged to at least this many pixels.
 
 
 def mean_filter_max(maps: jax.Array, size: int) -> jax.Array:
@@ -150,16 +151,23 @@ def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
   return buf.getvalue()
 
 
+def _enlarge(x: np.ndarray, factor: int) -> np.ndarray:
+  """(H, W, ...) -> (factor H, factor W, ...) by pixel repetition (maps stay unblurred)."""
+  return x if factor == 1 else np.repeat(np.repeat(x, factor, axis=0), factor, axis=1)
+
+
 def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
                     pixel_threshold: float, image_threshold: float) -> int:
   written = 0
+  # Small training resolutions (64x64 on CPU) are enlarged so the tiles and title are legible.
+  factor = max(1, MIN_OVERLAY_SIDE // pred["maps"].shape[1])
   for i in tqdm(range(eval_ds.num_examples), desc="overlays", leave=False):
     defect, name = str(eval_ds.defect_types[i]), str(eval_ds.file_names[i])
     score = float(pred["scores"][i])
     verdict = "anomalous" if score >= image_threshold else "normal"
     picture = visualize.panel(
-        pred["images"][i], pred["maps"][i], pixel_threshold,
-        None if gt is None else gt[i],
+        _enlarge(pred["images"][i], factor), _enlarge(pred["maps"][i], factor),
+        pixel_threshold, None if gt is None else _enlarge(gt[i], factor),
         title=f"{defect}/{name}  score {score:.3f}  {verdict}")
     visualize.save_png(out_dir / OVERLAY_DIR / defect / f"{Path(name).stem}.png", picture)
     written += 1

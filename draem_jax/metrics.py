@@ -166,10 +166,7 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
   Returns:
     AUROC in [0, 1]; nan when only one class is present.
   """
-  labels, scores = np.asarray(labels), np.asarray(scores)
-  _check_same_shape(labels, scores, "image_auroc labels vs scores")
-  tp, fp, _ = _binary_counts(_as_labels(labels), Ranking.of(scores))
-  return _auroc_from_counts(tp, fp)
+  return _auroc(labels, scores, "image_auroc labels vs scores")
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
@@ -182,9 +179,14 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
   Returns:
     AUROC in [0, 1]; nan when no pixel (or every pixel) is anomalous.
   """
-  masks, maps = np.asarray(masks), np.asarray(maps)
-  _check_same_shape(masks, maps, "pixel_auroc masks vs maps")
-  tp, fp, _ = _binary_counts(_as_labels(masks), Ranking.of(maps))
+  return _auroc(masks, maps, "pixel_auroc masks vs maps")
+
+
+def _auroc(labels, scores, what: str) -> float:
+  """AUROC of scores against same-shaped binary labels, every element pooled."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  _check_same_shape(labels, scores, what)
+  tp, fp, _ = _binary_counts(_as_labels(labels), Ranking.of(scores))
   return _auroc_from_counts(tp, fp)
 
 
