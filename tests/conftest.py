@@ -3,7 +3,9 @@
 Must run before JAX initialises its backends, hence here and at import time.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,8 +17,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 # A persistent compilation cache, fresh for each session (every test still compiles what it
 # is the first to need) and inherited by the train.py / evaluate.py / predict.py subprocesses
 # that the end-to-end and resume tests start: they compile the same functions again and again.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="draem_jax_test_xla_cache_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="draem_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest
