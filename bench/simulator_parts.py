@@ -51,16 +51,19 @@ def main():
   key = jax.random.key(0)
   x = textures.astype(jnp.float32)
   u = jnp.full((augment.NUM_UNIFORMS,), 0.5)
+  angle = jnp.float32(30.0)
+  # Parameters are arguments, not constants, so that XLA cannot fold the work that depends
+  # on them alone (a rotation's coordinates, a gamma table) into the program.
   rows = [
       ("whole simulator", lambda k, i, t: simulator.simulate(k, i, t, cfg),
        (key, images, textures)),
       ("masks only", lambda k: simulator.simulate_masks(k, b, (s, s), cfg), (key,)),
-      ("one rotation (30 degrees)", lambda t: jax.lax.map(lambda y: augment.rotate(y, 30.0), t),
-       (x,)),
+      ("one rotation (30 degrees)",
+       lambda t, a: jax.lax.map(lambda y: augment.rotate(y, a), t), (x, angle)),
   ]
   for index, name in enumerate(augment.AUGMENTER_NAMES):
-    rows.append((f"augmenter {name}", lambda t, j=index: jax.lax.map(
-        lambda y: augment.apply_augmenter(jnp.int32(j), u, y), t), (x,)))
+    rows.append((f"augmenter {name}", lambda t, v, j=index: jax.lax.map(
+        lambda y: augment.apply_augmenter(jnp.int32(j), v, y), t), (x, u)))
   print(f"{s}x{s}, batch {b}, jax {jax.__version__} on {jax.default_backend()}; "
         f"ms per sample, median of {args.repeats}")
   for name, fn, fn_args in rows:

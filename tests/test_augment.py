@@ -49,6 +49,8 @@ def test_pil_exact_augmenters(name):
   _assert_close_uint8(augment.solarize(x, 32.0, False), image)
   _assert_close_uint8(augment.invert(x), ImageOps.invert(pil))
   _assert_close_uint8(augment.equalize(x), ImageOps.equalize(pil))
+  # Compiled, where its table is computed once (not fused into the per-pixel lookup).
+  _assert_close_uint8(jax.jit(augment.equalize)(x), ImageOps.equalize(pil))
 
 
 @pytest.mark.parametrize("name", list(IMAGES))
@@ -144,6 +146,12 @@ def test_rotate_matches_scipy(angle):
   inside = ndimage.binary_erosion(inside, iterations=2)
   assert inside.mean() > 0.3
   np.testing.assert_allclose(got[inside], default[inside], atol=2e-3)
+  # Compiled with a traced angle, alone and batched (where its conditional becomes a select).
+  jitted = jax.jit(augment.rotate)(_f(image), jnp.float32(angle))
+  np.testing.assert_allclose(np.asarray(jitted), expected, atol=2e-3)
+  batched = jax.vmap(augment.rotate)(jnp.stack([_f(image)] * 2), jnp.float32([angle, 0.0]))
+  np.testing.assert_allclose(np.asarray(batched[0]), expected, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(batched[1]), image, atol=2e-3)
 
 
 def test_rotate_single_channel_and_identity():
