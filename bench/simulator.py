@@ -4,18 +4,24 @@ Per-sample wall time of one simulated batch (rotation, Perlin mask, three textur
 blend; DRAEM_SPEC section 4) at --size, for each batch size and batching mode of the jitted
 simulator, next to bench/numpy_simulator.py (the same sampler in numpy, one sample after
 another on the host, as a data loader would run it). Inputs are random uint8 images and
-textures (the cost does not depend on the content). Compilation is excluded; each row is
-the median (and minimum) over --repeats batches drawn with different keys.
+textures (the cost does not depend on the content). Compilation is excluded. A sample's cost
+depends on its draws (half take the cheap clean branch; the augmenters differ ~10x in cost),
+so each row is the mean over --repeats batches drawn with different keys (total time / total
+samples: the sampler's expected cost), with the fastest batch in brackets.
 
-  python bench/simulator.py --batch-sizes 8,32 --size 256 --repeats 5
+  python bench/simulator.py --batch-sizes 8,32 --size 256 --repeats 10
 
 Keep runs short on a shared machine; timings there vary by tens of percent between runs.
+The last column counts minor page faults (first touches of freshly allocated memory) per
+batch; glibc's MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ environment variables change
+how many there are.
 """
 
 import argparse
 import dataclasses
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -33,19 +39,22 @@ from draem_jax import simulator
 
 
 def _time(fn, repeats):
+  """Mean and fastest seconds of fn(r), r = 0..repeats-1, and minor page faults per call."""
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for r in range(repeats):
     start = time.perf_counter()
     fn(r)
     times.append(time.perf_counter() - start)
-  return float(np.median(times)), float(np.min(times))
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
+  return float(np.mean(times)), float(np.min(times)), faults
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch-sizes", default="8,32", help="Comma-separated batch sizes.")
   parser.add_argument("--size", type=int, default=256, help="Square image side.")
-  parser.add_argument("--repeats", type=int, default=5, help="Timed batches per row.")
+  parser.add_argument("--repeats", type=int, default=10, help="Timed batches per row.")
   parser.add_argument("--modes", default="map,vmap",
                       help="Batching modes of the jitted simulator to time (map, vmap).")
   args = parser.parse_args()
@@ -57,16 +66,17 @@ def main():
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.default_backend()}, {args.size}x{args.size}, "
-        f"median (min) of {args.repeats} batches")
+        f"mean (fastest) of {args.repeats} batches")
   rows = []
   for batch in batch_sizes:
     images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
     textures = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
 
     np_rng = np.random.default_rng(1)
-    np_med, np_min = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
+    np_mean, np_min, np_faults = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
                            args.repeats)
-    rows.append((batch, "numpy per sample", np_med / batch, np_min / batch, 1.0, 1.0))
+    rows.append((batch, "numpy per sample", np_mean / batch, np_min / batch, 1.0, 1.0,
+                 np_faults))
     for mode in modes:
       c = dataclasses.replace(base, batching=mode)
       fn = jax.jit(lambda k, i, t, c=c: simulator.simulate(k, i, t, c))
@@ -74,16 +84,17 @@ def main():
       start = time.perf_counter()
       jax.block_until_ready(fn(jax.random.key(0), dev_images, dev_textures))
       compile_s = time.perf_counter() - start
-      med, low = _time(lambda r, fn=fn: jax.block_until_ready(
+      mean, low, faults = _time(lambda r, fn=fn: jax.block_until_ready(
           fn(jax.random.key(r + 1), dev_images, dev_textures)), args.repeats)
-      rows.append((batch, f"jax jit, {mode} (compile {compile_s:.1f} s)", med / batch,
-                   low / batch, np_med / med, np_min / low))
+      rows.append((batch, f"jax jit, {mode} (compile {compile_s:.1f} s)", mean / batch,
+                   low / batch, np_mean / mean, np_min / low, faults))
 
-  print("| batch | implementation | ms / sample, median (min) | speed-up vs numpy, median (min) |")
-  print("|---:|---|---:|---:|")
-  for batch, name, med, low, ratio, ratio_min in rows:
-    print(f"| {batch} | {name} | {med * 1e3:.2f} ({low * 1e3:.2f}) | "
-          f"{ratio:.1f}x ({ratio_min:.1f}x) |")
+  print("| batch | implementation | ms / sample, mean (fastest batch) | speed-up vs numpy, mean "
+        "(fastest) | page faults / batch |")
+  print("|---:|---|---:|---:|---:|")
+  for batch, name, mean, low, ratio, ratio_min, faults in rows:
+    print(f"| {batch} | {name} | {mean * 1e3:.2f} ({low * 1e3:.2f}) | "
+          f"{ratio:.1f}x ({ratio_min:.1f}x) | {faults:.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Where the anomaly simulator's time goes: each part jitted and timed on its own.
+"""Where the anomaly simulator's time goes: configurations and parts, each jitted and timed.
 
-Per-sample time (median of --repeats batches after one warm-up) at --size, batch --batch,
-looping over samples with `lax.map` as the simulator does on CPU: the whole `simulate`, the
-masks alone (`simulate_masks`), one bilinear rotation, and each of the ten texture augmenters
-applied to every sample (with mid-range parameters). Compare with bench/simulator.py's total.
+Per-sample time at --size, batch --batch, looping over samples with `lax.map` as the
+simulator does on CPU. First the whole simulator under configurations that switch its
+branches on and off (each batch drawn with a new key; the differences are the cost of a
+rotation, of a mask and blend, of three augmenters), then the masks alone
+(`simulate_masks`), one bilinear rotation, and each of the ten texture augmenters applied to
+every sample (mid-range parameters, passed as arguments so that XLA cannot fold them in).
+Medians of --repeats batches after one warm-up; compare with bench/simulator.py's total.
 
   python bench/simulator_parts.py --size 256 --batch 8
 """
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -26,48 +30,58 @@ from draem_jax import augment, simulator
 
 
 def per_sample_ms(fn, args, batch: int, repeats: int) -> float:
-  """Median milliseconds per sample of jit(fn)(*args), compilation and warm-up excluded."""
+  """Median milliseconds per sample of jit(fn)(r, *args) over r = 1..repeats.
+
+  `r` lets a row draw a new batch per repeat; compilation and a warm-up call are excluded.
+  """
   fn = jax.jit(fn)
-  jax.block_until_ready(fn(*args))
+  jax.block_until_ready(fn(0, *args))
   times = []
-  for _ in range(repeats):
+  for r in range(1, repeats + 1):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(r, *args))
     times.append(time.perf_counter() - t0)
   return 1e3 * statistics.median(times) / batch
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=9)
   args = parser.parse_args()
-  cfg = mvtec.get_config().simulator
+  paper = simulator.SimulatorConfig.from_config(mvtec.get_config().simulator)
   b, s = args.batch, args.size
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8))
   textures = jnp.asarray(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8))
-  key = jax.random.key(0)
   x = textures.astype(jnp.float32)
   u = jnp.full((augment.NUM_UNIFORMS,), 0.5)
   angle = jnp.float32(30.0)
-  # Parameters are arguments, not constants, so that XLA cannot fold the work that depends
-  # on them alone (a rotation's coordinates, a gamma table) into the program.
+
+  def whole(**changes):
+    c = dataclasses.replace(paper, **changes)
+    return (lambda r, i, t: simulator.simulate(jax.random.key(r), i, t, c), (images, textures))
+
   rows = [
-      ("whole simulator", lambda k, i, t: simulator.simulate(k, i, t, cfg),
-       (key, images, textures)),
-      ("masks only", lambda k: simulator.simulate_masks(k, b, (s, s), cfg), (key,)),
+      ("simulator, paper config", *whole()),
+      ("  no rotation, no anomaly", *whole(rotate_prob=0.0, anomaly_prob=0.0)),
+      ("  every sample rotated, no anomaly", *whole(rotate_prob=1.0, anomaly_prob=0.0)),
+      ("  every sample anomalous, no augmenter", *whole(rotate_prob=0.0, anomaly_prob=1.0,
+                                                        num_augmenters=0)),
+      ("  every sample anomalous, 3 augmenters", *whole(rotate_prob=0.0, anomaly_prob=1.0)),
+      ("masks only", lambda r: simulator.simulate_masks(jax.random.key(r), b, (s, s), paper),
+       ()),
       ("one rotation (30 degrees)",
-       lambda t, a: jax.lax.map(lambda y: augment.rotate(y, a), t), (x, angle)),
+       lambda r, t, a: jax.lax.map(lambda y: augment.rotate(y, a), t), (x, angle)),
   ]
   for index, name in enumerate(augment.AUGMENTER_NAMES):
-    rows.append((f"augmenter {name}", lambda t, v, j=index: jax.lax.map(
+    rows.append((f"augmenter {name}", lambda r, t, v, j=index: jax.lax.map(
         lambda y: augment.apply_augmenter(jnp.int32(j), v, y), t), (x, u)))
   print(f"{s}x{s}, batch {b}, jax {jax.__version__} on {jax.default_backend()}; "
         f"ms per sample, median of {args.repeats}")
   for name, fn, fn_args in rows:
-    print(f"  {name:<36} {per_sample_ms(fn, fn_args, b, args.repeats):7.2f}", flush=True)
+    print(f"  {name:<40} {per_sample_ms(fn, fn_args, b, args.repeats):7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ How the batch is processed is `cfg.batching`: "vmap" vectorises the per-sample f
 conditionals become selects that compute every branch and all ten augmenters at each of the
 three steps: the right trade on GPU/TPU, where the batch runs in parallel); "map" loops over
 the samples with `lax.map`, so that only the drawn branch and the three drawn augmenters run
-(more than 10x faster than "vmap" on a 2-core CPU, see bench/simulator.py); "auto" picks "map" on
+(about 10x faster than "vmap" on a 2-core CPU, see bench/simulator.py); "auto" picks "map" on
 the CPU backend and "vmap" elsewhere. Both give the same values for the same key. A batch
 sharded over an Explicit mesh axis is always vectorised (`lax.map` cannot loop over it).
 
