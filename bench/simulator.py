@@ -12,9 +12,9 @@ samples: the sampler's expected cost), with the fastest batch in brackets.
   python bench/simulator.py --batch-sizes 8,32 --size 256 --repeats 10
 
 Keep runs short on a shared machine; timings there vary by tens of percent between runs.
-The last column counts minor page faults (first touches of freshly allocated memory) per
-batch; glibc's MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ environment variables change
-how many there are.
+"CPU ms" is process CPU time (all threads: XLA splits large ops over the cores, numpy runs
+on one), so "CPU speed-up" is the ratio per core-second. The last column counts minor page
+faults (first touches of freshly allocated memory) per batch.
 """
 
 import argparse
@@ -39,15 +39,18 @@ from draem_jax import simulator
 
 
 def _time(fn, repeats):
-  """Mean and fastest seconds of fn(r), r = 0..repeats-1, and minor page faults per call."""
+  """fn(r) for r = 0..repeats-1: mean and fastest wall seconds, mean process CPU seconds and
+  minor page faults per call."""
   times = []
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  cpu = time.process_time()
   for r in range(repeats):
     start = time.perf_counter()
     fn(r)
     times.append(time.perf_counter() - start)
+  cpu = (time.process_time() - cpu) / repeats
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
-  return float(np.mean(times)), float(np.min(times)), faults
+  return float(np.mean(times)), float(np.min(times)), cpu, faults
 
 
 def main():
@@ -73,10 +76,10 @@ def main():
     textures = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
 
     np_rng = np.random.default_rng(1)
-    np_mean, np_min, np_faults = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
+    np_mean, np_min, np_cpu, np_faults = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
                            args.repeats)
     rows.append((batch, "numpy per sample", np_mean / batch, np_min / batch, 1.0, 1.0,
-                 np_faults))
+                 np_cpu / batch, 1.0, np_faults))
     for mode in modes:
       c = dataclasses.replace(base, batching=mode)
       fn = jax.jit(lambda k, i, t, c=c: simulator.simulate(k, i, t, c))
@@ -84,17 +87,18 @@ def main():
       start = time.perf_counter()
       jax.block_until_ready(fn(jax.random.key(0), dev_images, dev_textures))
       compile_s = time.perf_counter() - start
-      mean, low, faults = _time(lambda r, fn=fn: jax.block_until_ready(
+      mean, low, cpu, faults = _time(lambda r, fn=fn: jax.block_until_ready(
           fn(jax.random.key(r + 1), dev_images, dev_textures)), args.repeats)
       rows.append((batch, f"jax jit, {mode} (compile {compile_s:.1f} s)", mean / batch,
-                   low / batch, np_mean / mean, np_min / low, faults))
+                   low / batch, np_mean / mean, np_min / low, cpu / batch, np_cpu / cpu,
+                   faults))
 
   print("| batch | implementation | ms / sample, mean (fastest batch) | speed-up vs numpy, mean "
-        "(fastest) | page faults / batch |")
-  print("|---:|---|---:|---:|---:|")
-  for batch, name, mean, low, ratio, ratio_min, faults in rows:
+        "(fastest) | CPU ms / sample | CPU speed-up | page faults / batch |")
+  print("|---:|---|---:|---:|---:|---:|---:|")
+  for batch, name, mean, low, ratio, ratio_min, cpu, cpu_ratio, faults in rows:
     print(f"| {batch} | {name} | {mean * 1e3:.2f} ({low * 1e3:.2f}) | "
-          f"{ratio:.1f}x ({ratio_min:.1f}x) | {faults:.0f} |")
+          f"{ratio:.1f}x ({ratio_min:.1f}x) | {cpu * 1e3:.2f} | {cpu_ratio:.1f}x | {faults:.0f} |")
 
 
 if __name__ == "__main__":
