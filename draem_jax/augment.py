@@ -138,10 +138,9 @@ def rotate(image: jax.Array, angle_deg: jax.Array) -> jax.Array:
 
   # A rotation about the centre never takes the conditional's short cut (the centre stays in
   # view); the conditional is there for speed: its operands are computed into memory once,
-  # whereas XLA:CPU otherwise
-  # fuses the coordinate arithmetic into the gathers and repeats it for every neighbour and
-  # channel read, 3.6x slower with a traced angle (`lax.optimization_barrier` does not stop
-  # that on CPU). Under `vmap` it becomes a select, as before.
+  # whereas XLA:CPU otherwise fuses the coordinate arithmetic into the gathers and repeats it
+  # for every neighbour and channel read, 3.6x slower with a traced angle
+  # (`lax.optimization_barrier` does not stop that on CPU). Under `vmap` it is a select.
   return jax.lax.cond(jnp.any(inside), interpolate, nothing_inside, idx, wx, wy, inside,
                       pixels)
 
