@@ -76,8 +76,8 @@ def main():
     textures = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
 
     np_rng = np.random.default_rng(1)
-    np_mean, np_min, np_cpu, np_faults = _time(lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg),
-                           args.repeats)
+    np_mean, np_min, np_cpu, np_faults = _time(
+        lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg), args.repeats)
     rows.append((batch, "numpy per sample", np_mean / batch, np_min / batch, 1.0, 1.0,
                  np_cpu / batch, 1.0, np_faults))
     for mode in modes:
