@@ -23,10 +23,12 @@ measuring the sampler's statistics at full size.
 How the batch is processed is `cfg.batching`: "vmap" vectorises the per-sample function (the
 conditionals become selects that compute every branch and all ten augmenters at each of the
 three steps: the right trade on GPU/TPU, where the batch runs in parallel); "map" loops over
-the samples with `lax.map`, so that only the drawn branch and the three drawn augmenters run
-(about 10x faster than "vmap" on a 2-core CPU, see bench/simulator.py); "auto" picks "map" on
-the CPU backend and "vmap" elsewhere. Both give the same values for the same key. A batch
-sharded over an Explicit mesh axis is always vectorised (`lax.map` cannot loop over it).
+the samples, so that only the drawn branch and the three drawn augmenters run (about 10x
+faster than "vmap" on a 2-core CPU, see bench/simulator.py): the outputs start as a clean
+batch, made vectorised, and the loop overwrites in place only the rotated and the anomalous
+samples; "auto" picks "map" on the CPU backend and "vmap" elsewhere. Both give the same values
+for the same key. A batch sharded over an Explicit mesh axis is always vectorised (the loop
+cannot index into it).
 
 Differences from the reference loader, on purpose: the clean image is rotated in float (the
 reference rotates the uint8 image, rounding it); rotated targets and blends are clipped to
@@ -244,39 +246,110 @@ def _mask_one(draws: SampleDraws, shape: tuple[int, int], c: SimulatorConfig) ->
                       lambda: jnp.zeros((*shape, 1), jnp.float32))
 
 
-def _simulate_one(key: jax.Array, image: jax.Array, texture: jax.Array,
-                  c: SimulatorConfig) -> tuple[SimulatorOutput, SimulatorDetails]:
-  """One sample: image and texture (H, W, 3) uint8 or float in [0, 1] -> outputs, details.
+def _rotated_target(image: jax.Array, angle: jax.Array) -> jax.Array:
+  """(H, W, 3) uint8 or [0, 1] float clean image -> rotated float32 target in [0, 1]."""
+  # The clip keeps the bilinear weights' float rounding inside [0, 1].
+  return jnp.clip(augment.rotate(_to_unit(image), angle), 0.0, 1.0)
 
-  The conversions to float happen here, inside the branches that use them, rather than on
-  the whole batch: under `lax.map` they then fuse into each sample's first use instead of
-  first making two full-batch float32 copies.
+
+def _anomaly(target: jax.Array, texture: jax.Array, d: SampleDraws, c: SimulatorConfig
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The anomaly branch of one sample.
+
+  Args:
+    target: (H, W, 3) float32 in [0, 1], the (possibly rotated) clean image.
+    texture: (H, W, 3) uint8 or [0, 1] float anomaly-source texture.
+    d: the sample's draws.
+    c: the simulator config.
+
+  Returns:
+    augmented (H, W, 3) float32 in [0, 1], mask (H, W, 1) float32 in {0, 1}, augmented
+    texture (H, W, 3) float32 0..255.
+  """
+  mask = perlin_mask(d.mask_key, d.perlin_log2, target.shape[:2], c)
+  texture = augment.augment_texture(d.texture_key, _to_byte_range(texture), d.augmenters,
+                                    c.texture_rotate_max_deg)
+  source = texture / 255.0
+  # The clip keeps the blend's float rounding inside [0, 1].
+  augmented = jnp.clip(target * (1.0 - mask) + (1.0 - d.beta) * source * mask +
+                       d.beta * target * mask, 0.0, 1.0)
+  return augmented, mask, texture
+
+
+def _simulate_one(d: SampleDraws, image: jax.Array, texture: jax.Array,
+                  c: SimulatorConfig) -> tuple[SimulatorOutput, jax.Array]:
+  """One sample (the "vmap" mode): image and texture (H, W, 3) uint8 or float in [0, 1] ->
+  outputs and the augmented texture (H, W, 3) float32 0..255.
+
+  The conversions to float happen inside the branches that use them, rather than on the
+  whole batch, so that they fuse into each sample's first use.
   """
   shape = image.shape[:2]
-  d = _draw(key, c)
-  # Clips keep bilinear weights' and the blend's float rounding inside [0, 1].
-  target = jax.lax.cond(
-      d.rotated, lambda x: jnp.clip(augment.rotate(_to_unit(x), d.angle), 0.0, 1.0),
-      _to_unit, image)
-
-  def anomaly(texture):
-    mask = perlin_mask(d.mask_key, d.perlin_log2, shape, c)
-    texture = augment.augment_texture(d.texture_key, _to_byte_range(texture), d.augmenters,
-                                      c.texture_rotate_max_deg)
-    source = texture / 255.0
-    augmented = jnp.clip(target * (1.0 - mask) + (1.0 - d.beta) * source * mask +
-                         d.beta * target * mask, 0.0, 1.0)
-    return augmented, mask, texture
+  target = jax.lax.cond(d.rotated, lambda x: _rotated_target(x, d.angle), _to_unit, image)
 
   def clean(texture):
     return target, jnp.zeros((*shape, 1), jnp.float32), _to_byte_range(texture)
 
-  augmented, mask, texture = jax.lax.cond(d.anomaly_branch, anomaly, clean, texture)
+  augmented, mask, texture = jax.lax.cond(d.anomaly_branch,
+                                          lambda t: _anomaly(target, t, d, c), clean, texture)
   has_anomaly = (d.anomaly_branch & jnp.any(mask > 0)).astype(jnp.float32)
-  output = SimulatorOutput(target, augmented, mask, has_anomaly)
-  details = SimulatorDetails(d.rotated, d.anomaly_branch, d.perlin_log2, d.augmenters, d.beta,
-                             texture)
-  return output, details
+  return SimulatorOutput(target, augmented, mask, has_anomaly), texture
+
+
+def _simulate_loop(draws: SampleDraws, images: jax.Array, textures: jax.Array,
+                   c: SimulatorConfig, with_texture: bool
+                   ) -> tuple[SimulatorOutput, jax.Array | None]:
+  """The "map" mode: a loop over the samples that only writes what differs from a clean one.
+
+  The outputs start as a clean batch, made vectorised (target = augmented = the images in
+  [0, 1], mask 0, the textures on the 0..255 grid); the loop then overwrites, in place, the
+  slices of the rotated samples (target, augmented) and of the anomalous ones (augmented,
+  mask, texture). A per-sample loop that wrote every output of every sample into fresh
+  stacked buffers (`lax.map`) spent half its time there on a 2-core CPU (zero-filling and
+  copying them): see bench/RESULTS.md.
+
+  Args:
+    draws: SampleDraws of the batch (leading axis B).
+    images, textures: (B, H, W, 3) uint8 or float in [0, 1].
+    c: the simulator config.
+    with_texture: whether to also return the augmented textures (B, H, W, 3) float32 0..255.
+
+  Returns:
+    SimulatorOutput and the augmented textures (None without with_texture).
+  """
+  target = _to_unit(images)
+  buffers = {"target": target, "augmented": target,
+             "mask": jnp.zeros((*images.shape[:3], 1), jnp.float32),
+             "has_anomaly": jnp.zeros(images.shape[:1], jnp.float32)}
+  if with_texture:
+    buffers["texture"] = _to_byte_range(textures)
+
+  def write(buffers, i, **values):
+    return {**buffers, **{name: jax.lax.dynamic_update_index_in_dim(buffers[name], value, i, 0)
+                          for name, value in values.items()}}
+
+  def sample(i, buffers):
+    d = jax.tree.map(lambda x: x[i], draws)
+
+    def rotated(buffers):
+      target = _rotated_target(images[i], d.angle)
+      return write(buffers, i, target=target, augmented=target)
+
+    def anomalous(buffers):
+      augmented, mask, texture = _anomaly(buffers["target"][i], textures[i], d, c)
+      values = {"augmented": augmented, "mask": mask,
+                "has_anomaly": jnp.any(mask > 0).astype(jnp.float32)}
+      if with_texture:
+        values["texture"] = texture
+      return write(buffers, i, **values)
+
+    buffers = jax.lax.cond(d.rotated, rotated, lambda b: b, buffers)
+    return jax.lax.cond(d.anomaly_branch, anomalous, lambda b: b, buffers)
+
+  buffers = jax.lax.fori_loop(0, images.shape[0], sample, buffers)
+  output = SimulatorOutput(buffers["target"], buffers["augmented"], buffers["mask"],
+                           buffers["has_anomaly"])
+  return output, buffers.get("texture")
 
 
 def _explicitly_sharded_batch(x: jax.Array) -> bool:
@@ -289,8 +362,8 @@ def resolve_batching(mode: str, images: jax.Array | None = None) -> str:
   """The batching mode used for `images`.
 
   "auto" is "map" on the CPU backend and "vmap" elsewhere. "map" falls back to "vmap" when the
-  batch axis is sharded over an Explicit mesh axis, where `lax.map` cannot loop over it (with
-  the Auto axes of draem_jax.parallel's mesh it can, and the partitioner handles the loop).
+  batch axis is sharded over an Explicit mesh axis, where a loop cannot index into it (with the
+  Auto axes of draem_jax.parallel's mesh it can, and the partitioner handles the loop).
   """
   if mode == "auto":
     mode = "map" if jax.default_backend() == "cpu" else "vmap"
@@ -310,16 +383,29 @@ def _per_sample(fn, c: SimulatorConfig, reference: jax.Array, *xs):
   return jax.vmap(fn)(*xs)
 
 
-def simulate_with_details(key: jax.Array, images: jax.Array, textures: jax.Array,
-                          cfg: Any) -> tuple[SimulatorOutput, SimulatorDetails]:
-  """`simulate`, also returning the draws behind each sample (see `SimulatorDetails`)."""
+def _simulate(key: jax.Array, images: jax.Array, textures: jax.Array, cfg: Any,
+              with_texture: bool) -> tuple[SimulatorOutput, SimulatorDetails | None]:
+  """`simulate`; also the details when with_texture (they need the augmented textures)."""
   c = SimulatorConfig.from_config(cfg)
   if images.ndim != 4 or images.shape[-1] != 3 or textures.shape != images.shape:
     raise ValueError(f"simulate expects images and textures of the same shape (B, H, W, 3); "
                      f"got {images.shape} and {textures.shape}.")
-  keys = jax.random.split(key, images.shape[0])
-  return _per_sample(lambda k, i, t: _simulate_one(k, i, t, c), c, images, keys, images,
-                     textures)
+  draws = sample_draws(key, images.shape[0], c)
+  if resolve_batching(c.batching, images) == "map":
+    output, texture = _simulate_loop(draws, images, textures, c, with_texture)
+  else:
+    output, texture = _per_sample(lambda d, i, t: _simulate_one(d, i, t, c), c, images, draws,
+                                  images, textures)
+  if not with_texture:
+    return output, None
+  return output, SimulatorDetails(draws.rotated, draws.anomaly_branch, draws.perlin_log2,
+                                  draws.augmenters, draws.beta, texture)
+
+
+def simulate_with_details(key: jax.Array, images: jax.Array, textures: jax.Array,
+                          cfg: Any) -> tuple[SimulatorOutput, SimulatorDetails]:
+  """`simulate`, also returning the draws behind each sample (see `SimulatorDetails`)."""
+  return _simulate(key, images, textures, cfg, with_texture=True)
 
 
 def simulate_masks(key: jax.Array, batch_size: int, shape: tuple[int, int],
@@ -359,4 +445,4 @@ def simulate(key: jax.Array, images: jax.Array, textures: jax.Array,
   Returns:
     SimulatorOutput(target, augmented, mask, has_anomaly), float32.
   """
-  return simulate_with_details(key, images, textures, cfg)[0]
+  return _simulate(key, images, textures, cfg, with_texture=False)[0]
