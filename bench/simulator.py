@@ -7,7 +7,8 @@ another on the host, as a data loader would run it). Inputs are random uint8 ima
 textures (the cost does not depend on the content). Compilation is excluded. A sample's cost
 depends on its draws (half take the cheap clean branch; the augmenters differ ~10x in cost),
 so each row is the mean over --repeats batches drawn with different keys (total time / total
-samples: the sampler's expected cost), with the fastest batch in brackets.
+samples: the sampler's expected cost), with the fastest batch in brackets. The
+implementations take turns batch by batch, so that a change in machine load hits them alike.
 
   python bench/simulator.py --batch-sizes 8,32 --size 256 --repeats 10
 
@@ -38,19 +39,28 @@ from configs import mvtec
 from draem_jax import simulator
 
 
-def _time(fn, repeats):
-  """fn(r) for r = 0..repeats-1: mean and fastest wall seconds, mean process CPU seconds and
-  minor page faults per call."""
-  times = []
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  cpu = time.process_time()
+def _time_interleaved(fns, repeats):
+  """Calls every fn(r) once per round r = 0..repeats-1, in turn, so that all of them run under
+  the same machine load (on a shared machine it drifts by tens of percent within a minute).
+
+  Returns:
+    for each fn: mean and fastest wall seconds, mean process CPU seconds and minor page faults
+    per call.
+  """
+  times = [[] for _ in fns]
+  cpu = [0.0 for _ in fns]
+  faults = [0 for _ in fns]
   for r in range(repeats):
-    start = time.perf_counter()
-    fn(r)
-    times.append(time.perf_counter() - start)
-  cpu = (time.process_time() - cpu) / repeats
-  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
-  return float(np.mean(times)), float(np.min(times)), cpu, faults
+    for n, fn in enumerate(fns):
+      faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      cpu_before = time.process_time()
+      start = time.perf_counter()
+      fn(r)
+      times[n].append(time.perf_counter() - start)
+      cpu[n] += time.process_time() - cpu_before
+      faults[n] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+  return [(float(np.mean(t)), float(np.min(t)), c / repeats, f / repeats)
+          for t, c, f in zip(times, cpu, faults)]
 
 
 def main():
@@ -69,29 +79,28 @@ def main():
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.default_backend()}, {args.size}x{args.size}, "
-        f"mean (fastest) of {args.repeats} batches")
+        f"mean (fastest) of {args.repeats} batches, implementations interleaved")
   rows = []
   for batch in batch_sizes:
     images = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
     textures = rng.integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
-
     np_rng = np.random.default_rng(1)
-    np_mean, np_min, np_cpu, np_faults = _time(
-        lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg), args.repeats)
-    rows.append((batch, "numpy per sample", np_mean / batch, np_min / batch, 1.0, 1.0,
-                 np_cpu / batch, 1.0, np_faults))
+    names = ["numpy per sample"]
+    fns = [lambda r: numpy_simulator.simulate(np_rng, images, textures, cfg)]
+    dev_images, dev_textures = jax.device_put(images), jax.device_put(textures)
     for mode in modes:
       c = dataclasses.replace(base, batching=mode)
       fn = jax.jit(lambda k, i, t, c=c: simulator.simulate(k, i, t, c))
-      dev_images, dev_textures = jax.device_put(images), jax.device_put(textures)
       start = time.perf_counter()
       jax.block_until_ready(fn(jax.random.key(0), dev_images, dev_textures))
-      compile_s = time.perf_counter() - start
-      mean, low, cpu, faults = _time(lambda r, fn=fn: jax.block_until_ready(
-          fn(jax.random.key(r + 1), dev_images, dev_textures)), args.repeats)
-      rows.append((batch, f"jax jit, {mode} (compile {compile_s:.1f} s)", mean / batch,
-                   low / batch, np_mean / mean, np_min / low, cpu / batch, np_cpu / cpu,
-                   faults))
+      names.append(f"jax jit, {mode} (compile {time.perf_counter() - start:.1f} s)")
+      fns.append(lambda r, fn=fn: jax.block_until_ready(
+          fn(jax.random.key(r + 1), dev_images, dev_textures)))
+    results = _time_interleaved(fns, args.repeats)
+    np_mean, np_min, np_cpu, _ = results[0]
+    for name, (mean, low, cpu, faults) in zip(names, results):
+      rows.append((batch, name, mean / batch, low / batch, np_mean / mean, np_min / low,
+                   cpu / batch, np_cpu / cpu, faults))
 
   print("| batch | implementation | ms / sample, mean (fastest batch) | speed-up vs numpy, mean "
         "(fastest) | CPU ms / sample | CPU speed-up | page faults / batch |")

@@ -1,7 +1,7 @@
 """Where the anomaly simulator's time goes: configurations and parts, each jitted and timed.
 
-Per-sample time at --size, batch --batch, looping over samples with `lax.map` as the
-simulator does on CPU. First the whole simulator under configurations that switch its
+Per-sample time at --size, batch --batch, looping over samples as the simulator does on CPU
+(the parts with `lax.map`). First the whole simulator under configurations that switch its
 branches on and off (each batch drawn with a new key; the differences are the cost of a
 rotation, of a mask and blend, of three augmenters), then the masks alone
 (`simulate_masks`), one bilinear rotation, and each of the ten texture augmenters applied to

@@ -63,6 +63,19 @@ def test_autocontrast_matches_pil(name):
                         ImageOps.autocontrast(Image.fromarray(image), cutoff), 1, 0.02)
 
 
+def test_autocontrast_is_the_exact_integer_stretch():
+  """Without cutoff, level v maps to floor((v - lo) * 255 / (hi - lo)) exactly (integers), jitted,
+  for 96 random input ranges [lo, hi], every level in them present."""
+  rng = np.random.default_rng(1)
+  pairs = np.sort(rng.choice(256, (96, 2), replace=False), axis=1)
+  images = np.stack([rng.permutation(np.arange(lo, hi + 1)).take(np.arange(256), mode="wrap")
+                     for lo, hi in pairs]).T.reshape(16, 16, -1)  # Channel n: pairs[n].
+  lo, hi = pairs[:, 0], pairs[:, 1]
+  expected = (images.astype(np.int64) - lo) * 255 // (hi - lo)
+  got = jax.jit(augment.autocontrast)(_f(images), 0)
+  np.testing.assert_array_equal(np.asarray(got), expected)
+
+
 @pytest.mark.parametrize("name", ["random", "low_contrast", "constant"])
 def test_sharpness_matches_pil(name):
   image = IMAGES[name]
