@@ -176,6 +176,10 @@ def test_rotate_single_channel_and_identity():
   expected = ndimage.rotate(image, 90.0, axes=(1, 0), order=1, reshape=False,
                             mode="grid-constant", cval=0)
   np.testing.assert_allclose(got, expected, atol=1e-5)
+  # An angle that is not finite has no source point inside the image: all fill.
+  for angle in (np.nan, np.inf):
+    np.testing.assert_array_equal(np.asarray(jax.jit(augment.rotate)(jnp.asarray(image),
+                                                                     jnp.float32(angle))), 0.0)
 
 
 # --- the random augmenters draw their parameters from the reference's ranges ----------------
