@@ -6,7 +6,8 @@ branches on and off (each batch drawn with a new key; the differences are the co
 rotation, of a mask and blend, of three augmenters), then the masks alone
 (`simulate_masks`), one bilinear rotation, and each of the ten texture augmenters applied to
 every sample (mid-range parameters, passed as arguments so that XLA cannot fold them in).
-Medians of --repeats batches after one warm-up; compare with bench/simulator.py's total.
+Medians of --repeats batches after one warm-up, the rows taking turns; compare with
+bench/simulator.py's total.
 
   python bench/simulator_parts.py --size 256 --batch 8
 """
@@ -29,19 +30,24 @@ from configs import mvtec
 from draem_jax import augment, simulator
 
 
-def per_sample_ms(fn, args, batch: int, repeats: int) -> float:
-  """Median milliseconds per sample of jit(fn)(r, *args) over r = 1..repeats.
+def per_sample_ms(rows, batch: int, repeats: int) -> list[float]:
+  """Median milliseconds per sample of jit(fn)(r, *args) over r = 1..repeats, for each row.
 
   `r` lets a row draw a new batch per repeat; compilation and a warm-up call are excluded.
+  The rows take turns repeat by repeat, so that a change in machine load hits them alike.
   """
-  fn = jax.jit(fn)
-  jax.block_until_ready(fn(0, *args))
-  times = []
+  fns = []
+  for _, fn, args in rows:
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(0, *args))
+    fns.append((fn, args))
+  times = [[] for _ in rows]
   for r in range(1, repeats + 1):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(r, *args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times) / batch
+    for n, (fn, args) in enumerate(fns):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(r, *args))
+      times[n].append(time.perf_counter() - t0)
+  return [1e3 * statistics.median(t) / batch for t in times]
 
 
 def main():
@@ -79,9 +85,9 @@ def main():
     rows.append((f"augmenter {name}", lambda r, t, v, j=index: jax.lax.map(
         lambda y: augment.apply_augmenter(jnp.int32(j), v, y), t), (x, u)))
   print(f"{s}x{s}, batch {b}, jax {jax.__version__} on {jax.default_backend()}; "
-        f"ms per sample, median of {args.repeats}")
-  for name, fn, fn_args in rows:
-    print(f"  {name:<40} {per_sample_ms(fn, fn_args, b, args.repeats):7.2f}", flush=True)
+        f"ms per sample, median of {args.repeats}, rows interleaved")
+  for (name, _, _), ms in zip(rows, per_sample_ms(rows, b, args.repeats)):
+    print(f"  {name:<40} {ms:7.2f}")
 
 
 if __name__ == "__main__":
