@@ -199,8 +199,8 @@ def _smooth(image: jax.Array) -> jax.Array:
   """PIL `ImageFilter.SMOOTH` (3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13), border pixels copied.
 
   Computed on the (H, W * C) view of the image, where a pixel's horizontal neighbours are C
-  columns away: XLA:CPU vectorises a fused loop along its last axis, which is 256 * 3 long
-  there instead of 3 (measured 2x faster), and the border is selected back in the same pass.
+  columns away: XLA:CPU vectorises a fused loop along its last axis, which is W * C long there
+  instead of C (measured 2x faster at 256x256x3), and the border is selected in the same pass.
   """
   height, width, channels = image.shape
   flat = image.reshape(height, width * channels)
@@ -304,9 +304,9 @@ def _materialize_table(table: jax.Array) -> jax.Array:
 
   XLA fuses the elementwise ops that compute a table into the per-pixel gather that reads it,
   so each pixel recomputes its entry (integer divisions included): equalize ran ~2.5x slower
-  on CPU that way (bench/simulator_parts.py). A dot is never fused into its
-  consumer, and a product with the identity at HIGHEST precision is exact for integers below
-  2^24; it costs C * 256^2 multiply-adds (microseconds).
+  on CPU that way (bench/simulator_parts.py). A dot is never fused into its consumer, and a
+  product with the identity at HIGHEST precision is exact for integers below 2^24; it costs
+  C * 256^2 multiply-adds (microseconds).
   """
   table = table.astype(jnp.float32)
   return jnp.dot(table, jnp.eye(table.shape[-1], dtype=jnp.float32),
