@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
+from draem_jax import fileio
 from draem_jax import simulator
 from draem_jax.errors import ConfigError
 
@@ -91,18 +92,10 @@ def for_category(config: ml_collections.ConfigDict, category: str) -> ml_collect
   return sub
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
   """Writes `workdir/config.json` atomically; returns its path."""
-  path = Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  _atomic_write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-  return path
+  return fileio.atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict(),
+                                  sort_keys=True)
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

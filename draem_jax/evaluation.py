@@ -9,7 +9,6 @@ counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`)
 
 import csv
 import io
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from draem_jax import data as data_lib
+from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
@@ -134,13 +134,6 @@ def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float
   return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
   buf = io.StringIO()
   writer = csv.writer(buf)
@@ -215,12 +208,13 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     return result
   out_dir = Path(out_dir)
   image_threshold = result.get("f1_threshold", float("nan"))
-  _atomic_write(out_dir / METRICS_FILE,
-                json.dumps(metrics_lib.json_safe(result), indent=2, sort_keys=True) + "\n")
-  _atomic_write(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"], image_threshold))
+  fileio.atomic_write_json(out_dir / METRICS_FILE, metrics_lib.json_safe(result),
+                           sort_keys=True)
+  fileio.atomic_write_text(out_dir / SCORES_FILE,
+                           _scores_csv(eval_ds, pred["scores"], image_threshold))
   table = metrics_lib.comparison_table(str(config.data.category), result)
-  _atomic_write(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, protocol "
-                f"{ev.protocol}\n\n{table}\n")
+  fileio.atomic_write_text(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, "
+                           f"protocol {ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:
     pixel_threshold = result.get("pixel_f1_threshold", float("nan"))
     if not np.isfinite(pixel_threshold):

@@ -25,6 +25,7 @@ from draem_jax import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import evaluation
+from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
@@ -112,7 +113,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
                     if result.get(k) is not None and np.isfinite(result[k])) +
           f"  -> {out}")
   if len(runs) > 1 and jax.process_index() == 0:
-    (workdir / "summary.md").write_text(metrics_lib.summary_table(results) + "\n")
+    fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
   return results
 
 
@@ -216,11 +217,8 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
   writer = csv.DictWriter(buf, fieldnames=["file", "score", "threshold", "anomalous"])
   writer.writeheader()
   writer.writerows(records)
-  for name, text in (("scores.csv", buf.getvalue()),
-                     ("scores.json", json.dumps(records, indent=2) + "\n")):
-    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / name)
+  fileio.atomic_write_text(out_dir / "scores.csv", buf.getvalue())
+  fileio.atomic_write_json(out_dir / "scores.json", records)
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
                sum(r["anomalous"] for r in records), threshold, out_dir)
   return records

@@ -26,6 +26,7 @@ from draem_jax import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import evaluation
+from draem_jax import fileio
 from draem_jax import metric_writers
 from draem_jax import models
 from draem_jax import parallel
@@ -140,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if jax.process_index() == 0:
       from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
-      (workdir / "summary.md").write_text(metrics_lib.summary_table(done) + "\n")
+      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(done) + "\n")
     return results
   return _train_one(config, workdir)
 

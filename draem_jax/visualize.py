@@ -8,10 +8,11 @@ the same score in every picture of a run.
 from collections.abc import Sequence
 import os
 from pathlib import Path
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from draem_jax import fileio
 
 # matplotlib's "jet" segment data: (position, value) control points per channel, linear in
 # between; sampled at 256 levels like matplotlib's colormap lookup table.
@@ -177,7 +178,7 @@ def grid(panels: Sequence[np.ndarray], columns: int = 1, separator: int = 2) -> 
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
-  """Writes a uint8 picture as PNG atomically (temp file in the same folder, then replace).
+  """Writes a uint8 picture as PNG atomically (`fileio.atomic_write`).
 
   A reader never sees a half-written file, and an interrupted run leaves no partial PNG.
 
@@ -188,16 +189,5 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
   Returns:
     The destination path.
   """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   picture = Image.fromarray(to_uint8(array))
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      picture.save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  return fileio.atomic_write(path, lambda f: picture.save(f, format="PNG"))
