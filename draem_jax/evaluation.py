@@ -161,7 +161,8 @@ def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
     picture = visualize.panel(
         _enlarge(pred["images"][i], factor), _enlarge(pred["maps"][i], factor),
         pixel_threshold, None if gt is None else _enlarge(gt[i], factor),
-        title=f"{defect}/{name}  score {score:.3f}  {verdict}")
+        title=f"{defect}/{Path(name).name}  score {score:.3f}  {verdict} (threshold "
+              f"{image_threshold:.3f})")
     visualize.save_png(out_dir / OVERLAY_DIR / defect / f"{Path(name).stem}.png", picture)
     written += 1
   return written
