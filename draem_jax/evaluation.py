@@ -4,7 +4,8 @@ On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the pro
 the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
 counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`). On the host
 (`evaluate`): the metrics of `draem_jax.metrics` over the whole test split, written to
-`<out>/metrics.json`, a Markdown comparison with the paper, per-image scores and overlays.
+`<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
+the HTML report of `draem_jax.report`.
 """
 
 import csv
@@ -29,6 +30,7 @@ from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
 
@@ -178,7 +180,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     variables: the model variables ({'params', 'batch_stats'}), replicated on `mesh`.
     model: the DRAEM module.
     mesh: device mesh.
-    out_dir: where metrics.json, comparison.md, scores.csv and overlays/ go (None: nowhere).
+    out_dir: where metrics.json, comparison.md, scores.csv, overlays/ and report.html go
+      (None: nowhere).
     step: the checkpoint's step (recorded in metrics.json).
     write_overlays: default config.eval.write_overlays.
 
@@ -223,6 +226,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     if not np.isfinite(image_threshold):
       image_threshold = 0.5
     _write_overlays(out_dir, eval_ds, pred, gt, pixel_threshold, image_threshold)
+  report.write_report(out_dir, metrics_lib.json_safe(result), eval_ds.labels,
+                      eval_ds.defect_types, eval_ds.file_names, pred["scores"], pred["maps"], gt,
+                      config=config.to_dict(), fpr_limit=ev.aupro_fpr_limit)
   logging.info("Evaluation of %s at step %d: %s", config.data.category, step,
                {k: result.get(k) for k in metrics_lib.METRIC_NAMES})
   return result

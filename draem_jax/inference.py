@@ -29,6 +29,7 @@ from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import train_step as train_step_lib
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
@@ -92,7 +93,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  results = {}
+  results, reports = {}, {}
   runs = _run_workdirs(workdir)
   for run_dir in runs:
     run = load_run(run_dir, step)
@@ -107,13 +108,19 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
     result = evaluation.evaluate(config, run.variables, run.model, run.mesh, out,
                                  step=run.step, write_overlays=write_overlays)
     results[str(config.data.category)] = result
+    reports[str(config.data.category)] = (metrics_lib.json_safe(result), out / report.REPORT_FILE)
     print(f"{config.data.category} (step {run.step}, protocol {config.eval.protocol}): " +
           ", ".join(f"{k} {100 * result[k]:.1f}" for k in
                     ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
                     if result.get(k) is not None and np.isfinite(result[k])) +
           f"  -> {out}")
-  if len(runs) > 1 and jax.process_index() == 0:
-    fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
+  if jax.process_index() == 0:
+    if len(runs) > 1:
+      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
+      index = report.write_index(workdir / report.REPORT_FILE, reports)
+      print(f"Report: {index}")
+    elif runs:
+      print(f"Report: {reports[str(config.data.category)][1]}")
   return results
 
 

@@ -226,6 +226,28 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
   return _f1_from_counts(*_binary_counts(_as_labels(labels), Ranking.of(scores)))
 
 
+def roc_curve(labels: np.ndarray, scores: np.ndarray):
+  """The ROC whose trapezoids `image_auroc` / `pixel_auroc` sum, for plotting.
+
+  Args:
+    labels: 0/1 or bool, 1 = anomalous (any shape, flattened).
+    scores: the same shape.
+
+  Returns:
+    (fpr, tpr, thresholds), each (T + 1,): from (0, 0) (threshold +inf) through every distinct
+    score in descending order to (1, 1) (sklearn's `roc_curve(drop_intermediate=False)`);
+    None when one class is absent.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  _check_same_shape(labels, scores, "roc_curve labels vs scores")
+  tp, fp, thresholds = _binary_counts(_as_labels(labels), Ranking.of(scores))
+  if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
+    return None
+  fpr = np.concatenate([[0.0], fp / float(fp[-1])])
+  tpr = np.concatenate([[0.0], tp / float(tp[-1])])
+  return fpr, tpr, np.concatenate([[np.inf], thresholds])
+
+
 # ------------------------------------------------------------------------------------------
 # AU-PRO.
 # ------------------------------------------------------------------------------------------
