@@ -30,6 +30,7 @@ from draem_jax import fileio
 from draem_jax import metric_writers
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import simulator
 from draem_jax import train_step as train_step_lib
 
@@ -142,6 +143,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
       fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(done) + "\n")
+      index = report.write_index(workdir / report.REPORT_FILE, {
+          c: (metrics_lib.json_safe(r), workdir / c / EVAL_DIR / str(r["step"]) /
+              report.REPORT_FILE) for c, r in done.items()})
+      print(f"Report of all categories: {index}")
     return results
   return _train_one(config, workdir)
 
@@ -194,9 +199,12 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       if not data_lib.has_test_split(config):
         logging.info("No test split: training done at step %d, no evaluation.", final_step)
         return None
-      result = evaluation.evaluate(config, state.variables(), model, mesh,
-                                   workdir / EVAL_DIR / str(final_step), step=final_step)
+      eval_dir = workdir / EVAL_DIR / str(final_step)
+      result = evaluation.evaluate(config, state.variables(), model, mesh, eval_dir,
+                                   step=final_step)
       writer.write_scalars(final_step, _eval_scalars(result))
+      if process_index == 0:
+        print(f"Report: {eval_dir / report.REPORT_FILE}")
       return result
     finally:
       writer.close()
@@ -244,8 +252,10 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
         scalars["images_per_second"] = scalars["steps_per_second"] * batch_size
         window_start, window_steps = time.perf_counter(), 0
         writer.write_scalars(step, scalars)
-        bar.set_postfix({k: f"{scalars[k]:.4g}" for k in
-                         ("loss", "l2", "ssim", "focal", "images_per_second")})
+        # The bar shows the window's mean loss and throughput (fetched only at logging steps,
+        # so the device is not synchronised every step).
+        bar.set_postfix_str(f"loss {scalars['loss']:.4f}  "
+                            f"{scalars['images_per_second']:.1f} img/s")
       if must_save:
         checkpointer.save(step, state, train_iter)
         last_checkpoint = step
