@@ -189,7 +189,11 @@ def _legend_strip(width: int, bar_width: int, threshold: float, size: int,
   label = "anomaly map"
   label_w = int(np.ceil(font.getlength(label)))
   x0 = 2 * pad + label_w + pad
-  bar_w = max(16, min(bar_width, width - x0 - 3 * pad - int(font.getlength("1.0"))))
+  marked = np.isfinite(threshold) and 0.0 <= threshold <= 1.0
+  note = f"mask: map >= {threshold:.2f}" if marked else ""
+  # Room on the right for the half-width of the "1" tick label and for the threshold note.
+  right = 2 * pad + int(np.ceil(font.getlength(note))) + size
+  bar_w = max(16, min(bar_width, width - x0 - right))
   bar_h = max(6, size)
   strip = Image.new("RGB", (width, pad + bar_h + pad + text_h + pad), (0, 0, 0))
   values = np.linspace(0.0, 1.0, bar_w)[None].repeat(bar_h, axis=0)
@@ -204,13 +208,13 @@ def _legend_strip(width: int, bar_width: int, threshold: float, size: int,
     text = f"{value:g}"
     draw.text((x - font.getlength(text) / 2, tick_y + pad), text, fill=(255, 255, 255),
               font=font)
-  if np.isfinite(threshold) and 0.0 <= threshold <= 1.0:
+  if marked:
     # The mask threshold as a bright bar through the colour bar, its value to the right.
     x = x0 + round(threshold * (bar_w - 1))
     draw.line([(x, pad - pad // 2), (x, pad + bar_h)], fill=(255, 255, 255),
               width=max(2, size // 8))
-    draw.text((x0 + bar_w + 2 * pad, pad + (bar_h - text_h) // 2),
-              f"mask: map >= {threshold:.2f}", fill=(255, 255, 255), font=font)
+    draw.text((x0 + bar_w + 2 * pad, pad + (bar_h - text_h) // 2), note,
+              fill=(255, 255, 255), font=font)
   return np.asarray(strip, np.uint8)
 
 
