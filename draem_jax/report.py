@@ -165,7 +165,7 @@ def plot_image_roc(path: Path, labels: np.ndarray, defect_types: Sequence[str],
   curve = metrics_lib.roc_curve(labels, scores)
   if curve is None:
     return None
-  fig = Figure(figsize=(6, 5))
+  fig = Figure(figsize=(5, 4.2))
   ax = fig.add_subplot()
   _roc_axes(ax, "image ROC")
   for defect in sorted(set(types[labels].tolist())):
@@ -176,7 +176,7 @@ def plot_image_roc(path: Path, labels: np.ndarray, defect_types: Sequence[str],
             label=f"{defect} ({100 * auc:.1f})")
   auc = metrics_lib.image_auroc(labels, scores)
   ax.plot(curve[0], curve[1], color="black", lw=2.2, label=f"all ({100 * auc:.1f})")
-  ax.legend(loc="lower right", fontsize=8, title="AUROC (%)", title_fontsize=8)
+  ax.legend(loc="lower right", fontsize=9, title="AUROC (%)", title_fontsize=9)
   return _save_figure(fig, path)
 
 
@@ -186,7 +186,7 @@ def plot_pixel_roc(path: Path, gt: np.ndarray, maps: np.ndarray,
   roc = metrics_lib.roc_curve(gt, maps)
   if roc is None:
     return None
-  fig = Figure(figsize=(6, 5))
+  fig = Figure(figsize=(5, 4.2))
   ax = fig.add_subplot()
   _roc_axes(ax, "pixel ROC")
   fpr, tpr = _thin(roc[0], roc[1])
@@ -202,7 +202,7 @@ def plot_pro(path: Path, gt: np.ndarray, maps: np.ndarray, fpr_limit: float,
   pro = metrics_lib.aupro_curve(gt, maps)
   if pro is None:
     return None
-  fig = Figure(figsize=(6, 5))
+  fig = Figure(figsize=(5, 4.2))
   ax = fig.add_subplot()
   fpr, per_region = pro[0], pro[1]
   inside = fpr <= fpr_limit
