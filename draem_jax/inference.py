@@ -115,7 +115,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
                     if result.get(k) is not None and np.isfinite(result[k])) +
           f"  -> {out}")
   if jax.process_index() == 0:
-    if len(runs) > 1:
+    if runs != [workdir]:  # An `all` run (even with one category trained so far).
       fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
       index = report.write_index(workdir / report.REPORT_FILE, reports)
       print(f"Report: {index}")
