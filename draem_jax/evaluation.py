@@ -203,7 +203,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                            eval_ds.defect_types, ev.aupro_fpr_limit)
   else:  # Image-level ground truth only.
     gt = None
-    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"])}
+    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"]),
+              "image_ap": metrics_lib.image_ap(eval_ds.labels, pred["scores"])}
     result["f1_max"], result["f1_threshold"] = metrics_lib.f1_max(eval_ds.labels,
                                                                   pred["scores"])
   if eval_ds.has_masks and ev.get("aupro_full_resolution", False):
