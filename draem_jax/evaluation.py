@@ -141,14 +141,36 @@ def _atomic_write(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
+def _scores_csv(eval_ds, scores: np.ndarray, threshold: float,
+                normalized: np.ndarray | None = None) -> str:
+  """Raw score, normalised score (empty without a validation split) and decision per image."""
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(["file_name", "defect_type", "label", "score", "predicted_anomalous"])
+  writer.writerow(["file_name", "defect_type", "label", "score", "normalized_score",
+                   "predicted_anomalous"])
   for i, score in enumerate(scores):
     writer.writerow([eval_ds.file_names[i], eval_ds.defect_types[i], int(eval_ds.labels[i]),
-                     f"{float(score):.6f}", int(bool(score >= threshold))])
+                     f"{float(score):.6f}",
+                     "" if normalized is None else f"{float(normalized[i]):.6f}",
+                     int(bool(score >= threshold))])
   return buf.getvalue()
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, gt: np.ndarray | None,
+                      maps: np.ndarray, thresholds: dict[str, Any]) -> dict[str, Any]:
+  """Test-split metrics at thresholds chosen elsewhere (the validation split: no test tuning).
+
+  Returns:
+    {"image_threshold", "image_precision", "image_recall", "image_f1", "image_fpr",
+     "image_accuracy", and with masks the same for "pixel_"}.
+  """
+  out = {}
+  kinds = [("image", labels, scores)] + ([] if gt is None else [("pixel", gt, maps)])
+  for kind, truth, values in kinds:
+    for name, value in metrics_lib.binary_metrics(truth, values,
+                                                  thresholds[f"{kind}_threshold"]).items():
+      out[f"{kind}_{name}"] = value
+  return out
 
 
 def _enlarge(x: np.ndarray, factor: int) -> np.ndarray:
@@ -176,7 +198,8 @@ def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
 
 def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module, mesh: Mesh,
              out_dir: str | os.PathLike | None, *, step: int,
-             write_overlays: bool | None = None) -> dict[str, Any]:
+             write_overlays: bool | None = None,
+             thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
   """Evaluates one category's test split; writes results under `out_dir` (process 0).
 
   Args:
@@ -187,6 +210,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     out_dir: where metrics.json, comparison.md, scores.csv and overlays/ go (None: nowhere).
     step: the checkpoint's step (recorded in metrics.json).
     write_overlays: default config.eval.write_overlays.
+    thresholds: the validation split's thresholds (`validation.calibrate`); then the metrics
+      at them are added as "validation_threshold" and decide scores.csv and the overlays.
+      Without, the test-set F1-max thresholds (optimistic: tuned on the test set) do.
 
   Returns:
     The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
@@ -212,18 +238,29 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                                              ev.aupro_fpr_limit)
   result.update(category=str(config.data.category), step=int(step), protocol=ev.protocol,
                 has_masks=bool(eval_ds.has_masks), num_test_images=int(eval_ds.num_examples))
+  normalized = None
+  if thresholds is not None:
+    result["validation_threshold"] = threshold_metrics(eval_ds.labels, pred["scores"], gt,
+                                                       pred["maps"], thresholds)
+    normalized = metrics_lib.normalize_scores(pred["scores"], thresholds["image_threshold"],
+                                              thresholds["image_min"], thresholds["image_max"])
   if out_dir is None or jax.process_index() != 0:
     return result
   out_dir = Path(out_dir)
-  image_threshold = result.get("f1_threshold", float("nan"))
+  if thresholds is not None:
+    image_threshold = thresholds["image_threshold"]
+  else:
+    image_threshold = result.get("f1_threshold", float("nan"))
   _atomic_write(out_dir / METRICS_FILE,
                 json.dumps(metrics_lib.json_safe(result), indent=2, sort_keys=True) + "\n")
-  _atomic_write(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"], image_threshold))
+  _atomic_write(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"], image_threshold,
+                                                   normalized))
   table = metrics_lib.comparison_table(str(config.data.category), result)
   _atomic_write(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, protocol "
                 f"{ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:
-    pixel_threshold = result.get("pixel_f1_threshold", float("nan"))
+    pixel_threshold = (thresholds["pixel_threshold"] if thresholds is not None
+                       else result.get("pixel_f1_threshold", float("nan")))
     if not np.isfinite(pixel_threshold):
       pixel_threshold = 0.5
     if not np.isfinite(image_threshold):

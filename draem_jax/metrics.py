@@ -244,6 +244,75 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
   return _f1_from_counts(*_binary_counts(_as_labels(labels), Ranking.of(scores)))
 
 
+def fpr_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
+  """The lowest threshold at which at most `target_fpr` of normal samples are called anomalous.
+
+  With n normal scores, at most floor(target_fpr * n) of them satisfy `score >= threshold`:
+  the threshold is the smallest float above the (floor(target_fpr * n) + 1)-th highest score.
+
+  Args:
+    normal_scores: scores of normal (label 0) samples or pixels, any shape.
+    target_fpr: allowed false-positive rate in [0, 1).
+
+  Returns:
+    The threshold (`score >= threshold` is anomalous).
+  """
+  if not 0.0 <= target_fpr < 1.0:
+    raise ValueError(f"target_fpr={target_fpr} must be in [0, 1).")
+  flat = np.sort(_finite_scores(normal_scores))[::-1]
+  if flat.size == 0:
+    raise ValueError("fpr_threshold needs at least one normal score.")
+  allowed = int(np.floor(target_fpr * flat.size + 1e-9))
+  return float(np.nextafter(flat[allowed], np.inf))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+  """Precision, recall, F1, false-positive rate and accuracy of `score >= threshold`.
+
+  Args:
+    labels: 0/1 or bool, 1 = anomalous (images (N,) or pixels (N, H, W)).
+    scores: the same shape.
+    threshold: the decision threshold.
+
+  Returns:
+    {"threshold", "precision", "recall", "f1", "fpr", "accuracy"}; nan where undefined (e.g.
+    precision when nothing is called anomalous, recall without anomalous samples).
+  """
+  labels, scores = _as_labels(labels), np.asarray(scores).reshape(-1)
+  _check_same_shape(labels, scores, "binary_metrics labels vs scores")
+  predicted = _finite_scores(scores) >= threshold
+  tp = float(np.sum(predicted & labels))
+  fp = float(np.sum(predicted & ~labels))
+  pos, neg = float(labels.sum()), float((~labels).sum())
+
+  def ratio(a, b):
+    return a / b if b > 0 else math.nan
+
+  return {"threshold": float(threshold), "precision": ratio(tp, tp + fp),
+          "recall": ratio(tp, pos), "f1": ratio(2 * tp, tp + fp + pos) if pos else math.nan,
+          "fpr": ratio(fp, neg), "accuracy": ratio(tp + neg - fp, pos + neg)}
+
+
+def normalize_scores(values: np.ndarray, threshold: float, low: float, high: float
+                     ) -> np.ndarray:
+  """Min-max normalisation that puts `threshold` at 0.5 (anomalib's convention).
+
+  `clip((value - threshold) / (high - low) + 0.5, 0, 1)`: monotone (order preserved, ties at
+  the clip limits), the threshold itself maps to 0.5 and every `score >= threshold` to >= 0.5.
+  Decisions are still taken on the raw score, which rounding cannot blur.
+
+  Args:
+    values: raw scores or anomaly maps, any shape.
+    threshold: the raw decision threshold.
+    low, high: the raw minimum and maximum seen on the validation split.
+
+  Returns:
+    float64 array of the same shape, in [0, 1].
+  """
+  span = max(float(high) - float(low), 1e-12)
+  return np.clip((np.asarray(values, np.float64) - threshold) / span + 0.5, 0.0, 1.0)
+
+
 # ------------------------------------------------------------------------------------------
 # AU-PRO.
 # ------------------------------------------------------------------------------------------

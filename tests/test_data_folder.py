@@ -130,7 +130,7 @@ def test_test_image_without_mask(tmp_path):
 def test_mask_without_image(tmp_path):
   root = make_layout(tmp_path / "data")
   _mask(root / "ground_truth" / "scratch" / "007_mask.png")
-  with pytest.raises(DataError, match=r"007_mask.png has no image"):
+  with pytest.raises(DataError, match=r"007_mask.png matches no image"):
     pipeline.validate_data_config(_config(root, _textures(tmp_path / "tex")))
 
 
