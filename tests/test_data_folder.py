@@ -61,6 +61,8 @@ def _textures(root: Path) -> Path:
 
 def _config(root: Path, textures_root: Path):
   config = _config_module("folder").get_config(str(root))
+  # Layouts of 2-4 training images: the held-out validation split is tested in test_validation.
+  config.data.validation_fraction = 0.0
   config.data.texture_root = str(textures_root)
   config.data.image_size = 32
   config.train.batch_size = 2
