@@ -136,14 +136,36 @@ def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float
   return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
 
 
-def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
+def _scores_csv(eval_ds, scores: np.ndarray, threshold: float,
+                normalized: np.ndarray | None = None) -> str:
+  """Raw score, normalised score (empty without a validation split) and decision per image."""
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(["file_name", "defect_type", "label", "score", "predicted_anomalous"])
+  writer.writerow(["file_name", "defect_type", "label", "score", "normalized_score",
+                   "predicted_anomalous"])
   for i, score in enumerate(scores):
     writer.writerow([eval_ds.file_names[i], eval_ds.defect_types[i], int(eval_ds.labels[i]),
-                     f"{float(score):.6f}", int(bool(score >= threshold))])
+                     f"{float(score):.6f}",
+                     "" if normalized is None else f"{float(normalized[i]):.6f}",
+                     int(bool(score >= threshold))])
   return buf.getvalue()
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, gt: np.ndarray | None,
+                      maps: np.ndarray, thresholds: dict[str, Any]) -> dict[str, Any]:
+  """Test-split metrics at thresholds chosen elsewhere (the validation split: no test tuning).
+
+  Returns:
+    {"image_threshold", "image_precision", "image_recall", "image_f1", "image_fpr",
+     "image_accuracy", and with masks the same for "pixel_"}.
+  """
+  out = {}
+  kinds = [("image", labels, scores)] + ([] if gt is None else [("pixel", gt, maps)])
+  for kind, truth, values in kinds:
+    for name, value in metrics_lib.binary_metrics(truth, values,
+                                                  thresholds[f"{kind}_threshold"]).items():
+      out[f"{kind}_{name}"] = value
+  return out
 
 
 def _enlarge(x: np.ndarray, factor: int) -> np.ndarray:
@@ -172,7 +194,8 @@ def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
 
 def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module, mesh: Mesh,
              out_dir: str | os.PathLike | None, *, step: int,
-             write_overlays: bool | None = None) -> dict[str, Any]:
+             write_overlays: bool | None = None,
+             thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
   """Evaluates one category's test split; writes results under `out_dir` (process 0).
 
   Args:
@@ -184,6 +207,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
       (None: nowhere).
     step: the checkpoint's step (recorded in metrics.json).
     write_overlays: default config.eval.write_overlays.
+    thresholds: the validation split's thresholds (`validation.calibrate`); then the metrics
+      at them are added as "validation_threshold" and decide scores.csv and the overlays.
+      Without, the test-set F1-max thresholds (optimistic: tuned on the test set) do.
 
   Returns:
     The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
@@ -200,7 +226,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                            eval_ds.defect_types, ev.aupro_fpr_limit)
   else:  # Image-level ground truth only.
     gt = None
-    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"])}
+    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"]),
+              "image_ap": metrics_lib.image_ap(eval_ds.labels, pred["scores"])}
     result["f1_max"], result["f1_threshold"] = metrics_lib.f1_max(eval_ds.labels,
                                                                   pred["scores"])
   if eval_ds.has_masks and ev.get("aupro_full_resolution", False):
@@ -208,19 +235,29 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                                              ev.aupro_fpr_limit)
   result.update(category=str(config.data.category), step=int(step), protocol=ev.protocol,
                 has_masks=bool(eval_ds.has_masks), num_test_images=int(eval_ds.num_examples))
+  normalized = None
+  if thresholds is not None:
+    result["validation_threshold"] = threshold_metrics(eval_ds.labels, pred["scores"], gt,
+                                                       pred["maps"], thresholds)
+    normalized = metrics_lib.normalize_scores(pred["scores"], thresholds["image_threshold"],
+                                              thresholds["image_min"], thresholds["image_max"])
   if out_dir is None or jax.process_index() != 0:
     return result
   out_dir = Path(out_dir)
-  image_threshold = result.get("f1_threshold", float("nan"))
+  if thresholds is not None:
+    image_threshold = thresholds["image_threshold"]
+  else:
+    image_threshold = result.get("f1_threshold", float("nan"))
   fileio.atomic_write_json(out_dir / METRICS_FILE, metrics_lib.json_safe(result),
                            sort_keys=True)
-  fileio.atomic_write_text(out_dir / SCORES_FILE,
-                           _scores_csv(eval_ds, pred["scores"], image_threshold))
+  fileio.atomic_write_text(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"],
+                                                              image_threshold, normalized))
   table = metrics_lib.comparison_table(str(config.data.category), result)
   fileio.atomic_write_text(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, "
                            f"protocol {ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:
-    pixel_threshold = result.get("pixel_f1_threshold", float("nan"))
+    pixel_threshold = (thresholds["pixel_threshold"] if thresholds is not None
+                       else result.get("pixel_f1_threshold", float("nan")))
     if not np.isfinite(pixel_threshold):
       pixel_threshold = 0.5
     if not np.isfinite(image_threshold):
@@ -228,7 +265,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     _write_overlays(out_dir, eval_ds, pred, gt, pixel_threshold, image_threshold)
   report.write_report(out_dir, metrics_lib.json_safe(result), eval_ds.labels,
                       eval_ds.defect_types, eval_ds.file_names, pred["scores"], pred["maps"], gt,
-                      config=config.to_dict(), fpr_limit=ev.aupro_fpr_limit)
+                      config=config.to_dict(), fpr_limit=ev.aupro_fpr_limit,
+                      threshold=thresholds["image_threshold"] if thresholds is not None else None)
   logging.info("Evaluation of %s at step %d: %s", config.data.category, step,
                {k: result.get(k) for k in metrics_lib.METRIC_NAMES})
   return result

@@ -33,6 +33,7 @@ from draem_jax import parallel
 from draem_jax import report
 from draem_jax import simulator
 from draem_jax import train_step as train_step_lib
+from draem_jax import validation
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
@@ -185,7 +186,8 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
       state = checkpointer.restore(abstract, train_iter, step=start_step)
       logging.info("Resuming from step %d.", start_step)
-    logging.info("%d training images, %d steps (%d per epoch at batch %d).", num_examples,
+    logging.info("%d training images (%s), %d steps (%d per epoch at batch %d).", num_examples,
+                 validation.describe_split(config),
                  total_steps, max(num_examples // config.train.batch_size, 1),
                  config.train.batch_size)
     step_fn = train_step_lib.jit_train_step(
@@ -196,12 +198,16 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       state = _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, writer,
                     start_step, total_steps, model)
       final_step = int(jax.device_get(state.step))
+      eval_dir = workdir / EVAL_DIR / str(final_step)
+      # Thresholds from the held-out good images: predict.py needs no test split to decide.
+      thresholds = (validation.calibrate(config, state.variables(), model, mesh, eval_dir,
+                                         step=final_step)
+                    if data_lib.has_validation_split(config) else None)
       if not data_lib.has_test_split(config):
         logging.info("No test split: training done at step %d, no evaluation.", final_step)
         return None
-      eval_dir = workdir / EVAL_DIR / str(final_step)
       result = evaluation.evaluate(config, state.variables(), model, mesh, eval_dir,
-                                   step=final_step)
+                                   step=final_step, thresholds=thresholds)
       writer.write_scalars(final_step, _eval_scalars(result))
       if process_index == 0:
         print(f"Report: {eval_dir / report.REPORT_FILE}")
