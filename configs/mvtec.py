@@ -59,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sim.num_augmenters = 3  # Distinct texture augmenters drawn per sample out of the ten.
   sim.texture_rotate_max_deg = 45.0  # The "rotate" augmenter's angle ~ U(-45, 45).
   sim.batching = "auto"  # "vmap", "map" (loop over samples) or "auto" (map on CPU, else vmap).
+  # Photometric jitter of the clean image (input and target alike, before rotation and anomaly),
+  # teaching that lighting drift is normal; not in the paper, so 0 (off) here.
+  sim.jitter_brightness = 0.0  # Brightness factor ~ U(1 - r, 1 + r); 0 = off.
+  sim.jitter_contrast = 0.0  # Contrast factor about the image mean ~ U(1 - r, 1 + r); 0 = off.
+  sim.jitter_gamma = 0.0  # Gamma ~ U(1 - r, 1 + r); 0 = off.
 
   # --- model (DRAEM_SPEC section 1) ---------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
