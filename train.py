@@ -20,6 +20,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the run lives (config, metrics, checkpoints, evaluation). "
     "Default: workdirs/<data.category>.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue a run in --workdir although the config changes "
+    "how it trains (e.g. more train.num_steps, another optim.learning_rate). Without it such a "
+    "restart is refused; with it the replaced config is kept in config_history.jsonl.")
 
 
 def main(argv):
@@ -29,7 +33,7 @@ def main(argv):
   workdir = _WORKDIR.value or f"workdirs/{config.data.category}"
   logging.info("workdir: %s", workdir)
   try:
-    trainer.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (ConfigError, DataError, trainer.TrainingDivergedError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

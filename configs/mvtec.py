@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- training loop ------------------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 8  # Global batch size (split over all devices).
-  train.num_epochs = 700  # Epoch = number of training images // batch_size steps.
+  train.num_epochs = 700  # Epoch = ceil(number of training images / batch_size) steps.
   train.num_steps = -1  # If > 0, overrides num_epochs.
   train.seed = 0  # Seeds parameters, data order and the simulator.
   train.log_every_steps = 50  # Metrics to metrics.jsonl and TensorBoard every N steps.

@@ -17,6 +17,18 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+  """Steps of the complete checkpoints in `directory`, ascending, without opening Orbax.
+
+  Orbax writes a checkpoint under a temporary name and renames it to `<step>` only when it is
+  complete, so the folders named by an integer are exactly the committed checkpoints.
+  """
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class Checkpointer:
   """Saves and restores (train state, data iterator) under `directory`.
 

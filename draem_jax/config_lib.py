@@ -5,6 +5,7 @@ data fields (paths, category, image size) are checked by `draem_jax.data`. A run
 saved as `workdir/config.json`, which `evaluate.py` and `predict.py` read back.
 """
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -99,12 +100,6 @@ def for_category(config: ml_collections.ConfigDict, category: str) -> ml_collect
   return sub
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """Writes `workdir/config.json` atomically; returns its path."""
-  return fileio.atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict(),
-                                  sort_keys=True)
-
-
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """Reads the config a run saved in `workdir/config.json`."""
   path = Path(workdir) / CONFIG_FILE
@@ -118,22 +113,127 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
                       "edited by hand.") from e
 
 
-def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    workdir: str | os.PathLike) -> None:
-  """Refuses to resume a run whose model or data would silently change.
+# Fields that do not change what a run computes: how it logs, evaluates, checkpoints and
+# feeds its data (the decoded cache, workers and prefetching deliver the same batches), and
+# where the prepared TFDS files and the distributed runtime are. Every other field of data,
+# simulator, model, optim and train (new fields included) alters the training trajectory.
+_FREE_GROUPS = ("eval", "checkpoint")
+_FREE_FIELDS = frozenset({
+    "data.num_workers", "data.prefetch_buffer_size", "data.cache_decoded", "data.tfds_data_dir",
+    "simulator.batching",  # "map" and "vmap" compute the same draws; "auto" picks per backend.
+    "train.log_every_steps", "train.eval_every_steps",
+})
+_FREE_PREFIXES = ("train.distributed", "train.coordinator", "train.num_processes",
+                  "train.process_id", "train.initialization_timeout")
+HISTORY_FILE = "config_history.jsonl"
+_ABSENT = "(absent)"
 
-  Fields that fix the shapes of the state or the meaning of the step counter must match;
-  everything else (logging, evaluation, checkpoint frequency) may change between restarts.
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{name}."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def _alters_trajectory(field: str) -> bool:
+  group = field.split(".", 1)[0]
+  return not (group in _FREE_GROUPS or field in _FREE_FIELDS
+              or field.startswith(_FREE_PREFIXES))
+
+
+def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                   trajectory_only: bool = True) -> dict[str, tuple[object, object]]:
+  """Fields whose values differ between two configs: {field: (saved value, new value)}.
+
+  A field present in only one of them counts as changed ("(absent)" on the other side).
+
+  Args:
+    saved: the config a run was trained with (config.json).
+    config: the config it is started with now.
+    trajectory_only: only fields that alter the training trajectory (everything except
+      logging, evaluation, checkpointing, data-loading mechanics and the distributed runtime).
   """
-  fixed = ("model.recon_width", "model.disc_width", "data.image_size", "data.category",
-           "data.source", "train.batch_size", "train.seed", "data.validation_fraction",
-           "data.validation_min_images")
-  for field in fixed:
-    group, name = field.split(".")
-    old, new = saved[group].get(name, 0.0), config[group].get(name, 0.0)
-    if name == "validation_min_images" and not saved.data.get("validation_fraction", 0.0):
-      continue  # Without a validation split the minimum changes nothing.
-    if old != new:
-      raise ConfigError(
-          f"{field}={new!r} differs from {old!r} in {Path(workdir) / CONFIG_FILE}: this workdir "
-          "holds another run. Use a new --workdir, or the saved value to resume it.")
+  old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+  changes = {}
+  for field in sorted(set(old) | set(new)):
+    a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
+    if a != b and (not trajectory_only or _alters_trajectory(field)):
+      changes[field] = (a, b)
+  return changes
+
+
+def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir: str | os.PathLike, allow_change: bool = False) -> dict:
+  """Refuses to resume a run with a config that would change how it trains.
+
+  Exact resume holds only when every field that alters the trajectory (data, simulator,
+  model, optimiser, schedule length, seed, ...) is the one the run was trained with; logging,
+  evaluation and checkpoint settings may change between restarts.
+
+  Args:
+    saved: the run's config.json.
+    config: the config of this start.
+    workdir: the run's folder (named in the message).
+    allow_change: accept trajectory changes (`train.py --allow_config_change`): the run then
+      continues from its checkpoint under the new config, and `save_config` keeps the old
+      config in config_history.jsonl.
+
+  Returns:
+    The trajectory changes {field: (old, new)} (empty when the configs agree).
+
+  Raises:
+    ConfigError: listing every changed field with its old and new value, unless allow_change.
+  """
+  changes = config_changes(saved, config)
+  if changes and not allow_change:
+    listed = "; ".join(f"{field}: {old!r} -> {new!r}" for field, (old, new) in changes.items())
+    raise ConfigError(
+        f"{Path(workdir) / CONFIG_FILE} holds a run trained with another config, and resuming "
+        f"it with this one would not continue it exactly: {listed}. Use a new --workdir for a "
+        "new run, pass the saved values to resume it, or add --allow_config_change to continue "
+        f"this run under the new config (the old one is kept in {HISTORY_FILE}).")
+  return changes
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                step: int | None = None) -> Path:
+  """Writes `workdir/config.json` atomically; returns its path.
+
+  When config.json already holds a different config, that one is first appended to
+  `workdir/config_history.jsonl` (one JSON object a line: the time, the checkpoint step the run
+  continued from, the changed fields and the full replaced config), so the record of how every
+  part of a run was trained is never lost.
+
+  Args:
+    config: the config of this start.
+    workdir: the run's folder.
+    step: the newest checkpoint's step at this start (None for a fresh run).
+  """
+  workdir = Path(workdir)
+  path = workdir / CONFIG_FILE
+  if path.is_file():
+    saved = load_config(workdir)
+    changes = config_changes(saved, config, trajectory_only=False)
+    if changes:
+      entry = {"replaced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                   timespec="seconds"),
+               "resumed_from_step": step,
+               "changed": {k: [a, b] for k, (a, b) in changes.items()},
+               "config": saved.to_dict()}
+      history = workdir / HISTORY_FILE
+      previous = history.read_text() if history.is_file() else ""
+      fileio.atomic_write_text(history, previous + json.dumps(entry, sort_keys=True) + "\n")
+  return fileio.atomic_write_json(path, config.to_dict(), sort_keys=True)
+
+
+def load_history(workdir: str | os.PathLike) -> list[dict]:
+  """The configs a run's config.json replaced, oldest first (see `save_config`)."""
+  history = Path(workdir) / HISTORY_FILE
+  if not history.is_file():
+    return []
+  return [json.loads(line) for line in history.read_text().splitlines() if line.strip()]

@@ -3,7 +3,8 @@
 The state is a plain pytree (step, params, batch_stats, opt_state): Orbax saves it as it is
 and `jax.jit` donates it. The model and the optimiser are static and live in closures.
 
-Randomness: the simulator's key for step s is `fold_in(key(seed), s)`, a function of the
+Randomness (`run_keys`): one split of key(seed) gives the parameter key and the simulator's
+base key; the simulator's key for step s is `fold_in(simulator_key, s)`, a function of the
 config and the step only, so a resumed run draws exactly the anomalies an uninterrupted run
 would, on any number of devices.
 """
@@ -40,23 +41,43 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def num_train_steps(train_config, num_train_examples: int) -> int:
-  """Total optimiser steps: train.num_steps if > 0, else epochs x (examples // batch size).
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(parameter key, simulator base key) of a run, from one split of key(seed).
 
-  Incomplete last batches are dropped (BatchNorm on a batch of 1 is degenerate), so an epoch
-  is `num_train_examples // batch_size` steps.
+  Two independent streams: with partitionable threefry `fold_in(key(seed), s)` equals
+  `split(key(seed), n)[s]`, so folding the step into key(seed) itself would draw the first
+  steps' anomalies from the very keys that initialised the networks.
+  """
+  param_key, simulator_key = jax.random.split(jax.random.key(int(seed)))
+  return param_key, simulator_key
+
+
+def steps_per_epoch(batch_size: int, num_train_examples: int) -> int:
+  """ceil(examples / batch size), as the reference (whose last batch of an epoch is partial).
+
+  Our batches are always full: they are cut from the repeated stream of per-epoch shuffles,
+  so an epoch's last batch continues into the next epoch's images instead of being small
+  (BatchNorm on a batch of one or two images is degenerate).
+  """
+  return -(-int(num_train_examples) // int(batch_size))
+
+
+def num_train_steps(train_config, num_train_examples: int) -> int:
+  """Total optimiser steps: train.num_steps if > 0, else epochs x ceil(examples / batch size).
+
+  See `steps_per_epoch`.
   """
   if train_config.num_steps > 0:
     return int(train_config.num_steps)
-  steps_per_epoch = num_train_examples // train_config.batch_size
-  if steps_per_epoch == 0:
+  if train_config.batch_size > num_train_examples:
     raise ConfigError(
         f"train.batch_size={train_config.batch_size} is larger than the {num_train_examples} "
         "training images: lower train.batch_size or add images.")
   if train_config.num_epochs <= 0:
     raise ConfigError(f"train.num_epochs={train_config.num_epochs} must be positive (or set "
                       "train.num_steps > 0).")
-  return int(train_config.num_epochs) * steps_per_epoch
+  return int(train_config.num_epochs) * steps_per_epoch(train_config.batch_size,
+                                                        num_train_examples)
 
 
 def learning_rate_schedule(optim_config, total_steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -131,14 +152,14 @@ def make_train_step(
   this update (when `learning_rate_fn` is given), and the fraction of samples that carry an
   anomaly.
   """
-  seed = int(config.train.seed)
+  _, simulator_key = run_keys(config.train.seed)
   sim_config = config.simulator
 
   def inputs_of(step, batch):
     if "texture" in batch:
       if simulate is None:
         raise ValueError("make_train_step(simulate=None) got a raw {'image', 'texture'} batch.")
-      key = jax.random.fold_in(jax.random.key(seed), step)
+      key = jax.random.fold_in(simulator_key, step)
       sim = simulate(key, batch["image"], batch["texture"], sim_config)
       return sim.target, sim.augmented, sim.mask, sim.has_anomaly
     mask = batch["mask"].astype(jnp.float32)

@@ -121,11 +121,17 @@ def _check_finite(metrics: dict[str, float], step: int, last_checkpoint: int | N
         "--workdir to start over).")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Any:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       allow_config_change: bool = False) -> Any:
   """Trains DRAEM per `config` in `workdir`, resuming if it holds a run; then evaluates.
 
   `data.category='all'` (MVTec AD) trains the 15 categories one after another, each in
   `workdir/<category>`, and returns {category: metrics}.
+
+  A workdir that holds a run is resumed only with the config it was trained with (fields
+  that alter the trajectory; `config_lib.check_resumable`), unless `allow_config_change`:
+  then the run continues from its newest checkpoint under the new config and the replaced
+  config is kept in `workdir/config_history.jsonl`.
 
   Returns:
     The final evaluation metrics (None when the data has no test split).
@@ -139,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     for category in data_lib.MVTEC_CATEGORIES:
       logging.info("=== category %s ===", category)
       results[category] = _train_one(config_lib.for_category(config, category),
-                                     workdir / category)
+                                     workdir / category, allow_config_change)
     if jax.process_index() == 0:
       from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
@@ -149,10 +155,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
               report.REPORT_FILE) for c, r in done.items()})
       print(f"Report of all categories: {index}")
     return results
-  return _train_one(config, workdir)
+  return _train_one(config, workdir, allow_config_change)
 
 
-def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
+def _train_one(config: ml_collections.ConfigDict, workdir: Path,
+               allow_config_change: bool = False) -> Any:
   """One category's run (see `train_and_evaluate`)."""
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = parallel.make_mesh()
@@ -164,10 +171,18 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
   total_steps = train_step_lib.num_train_steps(config.train, num_examples)
   image_shape = (config.data.image_size, config.data.image_size)
 
+  resumed_from = checkpointing.committed_steps(workdir / CHECKPOINT_DIR)
+  resumed_from = resumed_from[-1] if resumed_from else None
   if (workdir / config_lib.CONFIG_FILE).is_file():
-    config_lib.check_resumable(config_lib.load_config(workdir), config, workdir)
+    # Without a checkpoint nothing was trained yet: a changed config starts the run afresh.
+    changes = config_lib.check_resumable(config_lib.load_config(workdir), config, workdir,
+                                         allow_change=allow_config_change
+                                         or resumed_from is None)
+    if changes and resumed_from is not None:
+      logging.warning("Continuing from step %d with a changed config (--allow_config_change): "
+                      "%s", resumed_from, changes)
   if process_index == 0:
-    config_lib.save_config(config, workdir)
+    config_lib.save_config(config, workdir, step=resumed_from)
 
   model = models.create_model(config.model)
   tx = train_step_lib.make_optimizer(config.optim, total_steps)
@@ -179,8 +194,8 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
   try:
     start_step = checkpointer.latest_step()
     if start_step is None:
-      state = train_step_lib.create_train_state(jax.random.key(config.train.seed), model, tx,
-                                                image_shape, mesh)
+      param_key, _ = train_step_lib.run_keys(config.train.seed)
+      state = train_step_lib.create_train_state(param_key, model, tx, image_shape, mesh)
       start_step = 0
     else:
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
@@ -188,7 +203,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       logging.info("Resuming from step %d.", start_step)
     logging.info("%d training images (%s), %d steps (%d per epoch at batch %d).", num_examples,
                  validation.describe_split(config),
-                 total_steps, max(num_examples // config.train.batch_size, 1),
+                 total_steps, train_step_lib.steps_per_epoch(config.train.batch_size, num_examples),
                  config.train.batch_size)
     step_fn = train_step_lib.jit_train_step(
         train_step_lib.make_train_step(model, tx, config, simulate=simulator.simulate,

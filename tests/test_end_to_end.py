@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from urllib.parse import unquote
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import helpers
+from draem_jax import config_lib
 from draem_jax import trainer
 from draem_jax.errors import ConfigError, DataError
 
@@ -118,3 +120,30 @@ def test_predict_reports_missing_images(tmp_path, trained_workdir):
   workdir, _ = trained_workdir
   with pytest.raises(DataError, match="matches no image"):
     inference.predict_images(workdir, str(tmp_path / "*.png"), tmp_path / "out")
+
+
+def test_resume_refuses_a_changed_run_unless_allowed(trained_workdir, tmp_path):
+  source, _ = trained_workdir
+  workdir = tmp_path / "run"
+  shutil.copytree(source, workdir)
+  saved = (workdir / "config.json").read_text()
+  config = config_lib.load_config(workdir)
+  config.train.num_steps = 6
+  config.optim.learning_rate = 3e-4
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(refused.value)
+  assert "optim.learning_rate: 0.0001 -> 0.0003" in message
+  assert "train.num_steps: 4 -> 6" in message and "--allow_config_change" in message
+  assert (workdir / "config.json").read_text() == saved  # The run's record is untouched.
+  assert not (workdir / "checkpoints" / "6").exists()
+  # Explicitly allowed: the run continues from step 4 and keeps its first config.
+  config.optim.learning_rate = 1e-4
+  config.eval.write_overlays = False
+  trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  assert (workdir / "checkpoints" / "6").is_dir()
+  history = config_lib.load_history(workdir)
+  assert len(history) == 1 and history[0]["resumed_from_step"] == 4
+  assert history[0]["changed"]["train.num_steps"] == [4, 6]
+  assert json.loads(saved) == history[0]["config"]
+  assert config_lib.load_config(workdir).train.num_steps == 6

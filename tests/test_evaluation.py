@@ -78,3 +78,54 @@ def test_metric_log_drops_steps_after_the_resumed_checkpoint(tmp_path):
   resumed.close()
   steps = [r["step"] for r in metric_writers.read_metrics(tmp_path)]
   assert steps == [1, 2, 3]
+
+
+def test_resume_check_names_every_trajectory_change_and_allows_the_rest(tmp_path):
+  saved = helpers.tiny_config()
+  config_lib.save_config(saved, tmp_path)
+  loaded = config_lib.load_config(tmp_path)
+  same_trajectory = helpers.tiny_config()
+  same_trajectory.train.log_every_steps = 7
+  same_trajectory.train.eval_every_steps = 3
+  same_trajectory.eval.protocol = "standard"
+  same_trajectory.checkpoint.every_steps = 5
+  same_trajectory.data.num_workers = 3
+  assert config_lib.check_resumable(loaded, same_trajectory, tmp_path) == {}
+  changed = helpers.tiny_config()
+  changed.train.num_steps = 8
+  changed.optim.decay_factor = 0.5
+  changed.simulator.beta_max = 0.6
+  changed.data.texture_root = str(tmp_path / "other_textures")
+  with pytest.raises(ConfigError) as refused:
+    config_lib.check_resumable(loaded, changed, tmp_path)
+  message = str(refused.value)
+  for field in ("train.num_steps: 4 -> 8", "optim.decay_factor: 0.2 -> 0.5",
+                "simulator.beta_max: 0.8 -> 0.6", "data.texture_root"):
+    assert field in message
+  assert str(tmp_path / "config.json") in message
+  changes = config_lib.check_resumable(loaded, changed, tmp_path, allow_change=True)
+  assert set(changes) == {"train.num_steps", "optim.decay_factor", "simulator.beta_max",
+                          "data.texture_root"}
+  # A field the saved run did not have counts as a change too.
+  newer = helpers.tiny_config()
+  newer.simulator.new_option = 1.0
+  with pytest.raises(ConfigError, match=r"simulator.new_option: '\(absent\)' -> 1.0"):
+    config_lib.check_resumable(loaded, newer, tmp_path)
+
+
+def test_save_config_keeps_every_replaced_config(tmp_path):
+  first = helpers.tiny_config()
+  config_lib.save_config(first, tmp_path)
+  config_lib.save_config(first, tmp_path, step=2)  # Same config: no history entry.
+  assert config_lib.load_history(tmp_path) == []
+  second = helpers.tiny_config()
+  second.train.num_steps = 10
+  config_lib.save_config(second, tmp_path, step=4)
+  third = helpers.tiny_config()
+  third.train.num_steps = 20
+  config_lib.save_config(third, tmp_path, step=10)
+  history = config_lib.load_history(tmp_path)
+  assert [h["resumed_from_step"] for h in history] == [4, 10]
+  assert history[0]["config"] == json.loads(json.dumps(first.to_dict()))
+  assert history[1]["changed"] == {"train.num_steps": [10, 20]}
+  assert config_lib.load_config(tmp_path).train.num_steps == 20

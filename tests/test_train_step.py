@@ -122,7 +122,7 @@ def test_segmentation_loss_trains_the_reconstruction():
 
 def test_learning_rate_schedule_boundaries():
   optim = mvtec.get_config().optim
-  steps_per_epoch = 209 // 8
+  steps_per_epoch = 27  # ceil(209 / 8), as the reference.
   total = ts.num_train_steps(mvtec.get_config().train, 209)
   assert total == 700 * steps_per_epoch
   lr = ts.learning_rate_schedule(optim, total)
@@ -146,3 +146,29 @@ def test_step_counts_and_config_errors():
   mesh = parallel.make_mesh(jax.devices()[:4])
   with pytest.raises(ConfigError, match="train.batch_size"):
     parallel.check_batch_size(6, mesh)
+
+
+@pytest.mark.parametrize("category, images, per_epoch", [("bottle", 209, 27),
+                                                         ("toothbrush", 60, 8)])
+def test_epoch_is_ceil_of_images_over_batch(category, images, per_epoch):
+  train = mvtec.get_config(category).train
+  assert ts.steps_per_epoch(train.batch_size, images) == per_epoch
+  assert ts.num_train_steps(train, images) == 700 * per_epoch
+  train.num_epochs = 3
+  assert ts.num_train_steps(train, 64) == 3 * 8  # An exact multiple: no extra step.
+
+
+def test_simulator_keys_are_independent_of_the_parameter_key():
+  seed = 0
+  param_key, simulator_key = ts.run_keys(seed)
+  raw = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())
+  # Keys the parameter initialisation derives (init_variables splits its key in two) and
+  # those of the first training steps' simulator draws.
+  init_keys = {raw(param_key)} | {raw(k) for k in jax.random.split(param_key)}
+  step_keys = [raw(jax.random.fold_in(simulator_key, s)) for s in range(64)]
+  assert not init_keys & set(step_keys) and len(set(step_keys)) == 64
+  assert raw(param_key) != raw(simulator_key)
+  # The derivation this replaces collided: fold_in(key(seed), s) == split(key(seed), n)[s].
+  old_step_keys = {raw(jax.random.fold_in(jax.random.key(seed), s)) for s in range(2)}
+  old_init = {raw(k) for k in jax.random.split(jax.random.key(seed))}
+  assert old_step_keys == old_init
