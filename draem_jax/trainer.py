@@ -20,12 +20,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from draem_jax import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import evaluation
+from draem_jax import fileio
 from draem_jax import metric_writers
 from draem_jax import models
 from draem_jax import parallel
@@ -76,6 +78,14 @@ def _log_topology(mesh) -> None:
                jax.__version__, jax.default_backend(), jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                ", ".join(str(d) for d in mesh.devices.flat))
+
+
+def _agree(flag: bool) -> bool:
+  """True on every process if it is True on any (one process alone must never save: a save is
+  collective). Free with one process; with several, one tiny all-gather per step."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -129,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   config_lib.validate_config(config)
   quiet_library_logs()
-  parallel.maybe_initialize_distributed(config.train.distributed)
+  parallel.maybe_initialize_distributed(config.train)
   workdir = Path(workdir).expanduser().absolute()
   if config.data.source == "mvtec" and config.data.category == "all":
     results = {}
@@ -140,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if jax.process_index() == 0:
       from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
-      (workdir / "summary.md").write_text(metrics_lib.summary_table(done) + "\n")
+      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(done) + "\n")
     return results
   return _train_one(config, workdir)
 
@@ -179,6 +189,10 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
       state = checkpointer.restore(abstract, train_iter, step=start_step)
       logging.info("Resuming from step %d.", start_step)
+    local = config.train.batch_size // process_count
+    logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
+                 process_index, process_count, process_index * local,
+                 (process_index + 1) * local, config.train.batch_size)
     logging.info("%d training images, %d steps (%d per epoch at batch %d).", num_examples,
                  total_steps, max(num_examples // config.train.batch_size, 1),
                  config.train.batch_size)
@@ -232,7 +246,7 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
       bar.update(1)
       # Read the flag once: a SIGTERM landing between the save decision and the exit check
       # would otherwise exit without saving the step just taken.
-      preempted = sigterm.raised
+      preempted = _agree(sigterm.raised)
       must_save = step % ckpt_every == 0 or step == total_steps or preempted
       if step % log_every == 0 or must_save or step == total_steps:
         scalars = _mean_metrics(history)
