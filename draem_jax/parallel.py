@@ -38,8 +38,8 @@ class DistributedSetup(NamedTuple):
   initialization_timeout: int
 
 
-def _env_int(name: str) -> int | None:
-  value = os.environ.get(name, "").strip()
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+  value = environ.get(name, "").strip()
   if not value:
     return None
   try:
@@ -63,9 +63,9 @@ def distributed_setup(train_config, environ: Mapping[str, str] | None = None
   address = str(train_config.get("coordinator_address", "") or "").strip()
   address = address or environ.get(ENV_COORDINATOR, "").strip() or None
   num = train_config.get("num_processes", 0)
-  num = num if num and num > 0 else _env_int(ENV_NUM_PROCESSES)
+  num = num if num and num > 0 else _env_int(environ, ENV_NUM_PROCESSES)
   pid = train_config.get("process_id", -1)
-  pid = pid if pid is not None and pid >= 0 else _env_int(ENV_PROCESS_ID)
+  pid = pid if pid is not None and pid >= 0 else _env_int(environ, ENV_PROCESS_ID)
   timeout = int(train_config.get("initialization_timeout", 300))
   if timeout <= 0:
     raise ConfigError(f"train.initialization_timeout={timeout} must be a positive number of "

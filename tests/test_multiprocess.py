@@ -169,3 +169,19 @@ def test_unreachable_coordinator_fails_fast_naming_the_address(tmp_path):
   assert done.returncode == 2, done.stderr[-3000:]
   assert f"could not reach the coordinator at {address} within 3 s" in done.stderr
   assert time.time() - start < 60
+
+
+def test_distributed_setup_precedence_and_errors():
+  train = helpers.tiny_config().train
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "4",
+         "JAX_PROCESS_ID": "3"}
+  assert parallel.distributed_setup(train, env) == ("10.0.0.2:1234", 4, 3, 300)
+  assert parallel.distributed_setup(train, {}) == (None, None, None, 300)  # Auto-detection.
+  train.coordinator_address, train.num_processes, train.process_id = "h:99", 2, 0
+  assert parallel.distributed_setup(train, env) == ("h:99", 2, 0, 300)
+  train.process_id = 2
+  with pytest.raises(parallel.ConfigError, match="train.process_id"):
+    parallel.distributed_setup(train, {})
+  train.process_id, train.coordinator_address = 0, "no-port"
+  with pytest.raises(parallel.ConfigError, match="must be host:port"):
+    parallel.distributed_setup(train, {})
