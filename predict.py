@@ -3,9 +3,10 @@
   python predict.py --workdir DIR --images 'parts/*.png' --out predictions/
 
 Images may have any size and be RGB or grayscale. Writes one PNG per image (image | heatmap
-overlay | predicted mask) and scores.csv / scores.json with each image's score and decision;
-the decision threshold is the F1-max threshold that evaluate.py found for the checkpoint, or
---threshold.
+overlay | predicted mask) and scores.csv / scores.json with each image's raw score, normalised
+score (threshold at 0.5) and decision. The threshold is the one chosen on the run's validation
+split (thresholds.json; --sensitivity moves it), else the test-set F1-max threshold that
+evaluate.py found, or --threshold.
 """
 
 import sys
@@ -23,6 +24,9 @@ _OUT = flags.DEFINE_string("out", None, "Output folder for overlays and scores."
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: newest).")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Image-score threshold (default: the F1-max "
                                 "threshold from evaluate.py for this checkpoint).")
+_SENSITIVITY = flags.DEFINE_float(
+    "sensitivity", None, "In (0, 1): moves the validation split's threshold; 0.5 = as chosen, "
+    "higher flags more images (default: the run's eval.sensitivity).")
 _OVERLAYS = flags.DEFINE_bool("overlays", True, "Write an overlay PNG per image.")
 
 
@@ -32,7 +36,8 @@ def main(argv):
   try:
     records = inference.predict_images(_WORKDIR.value, _IMAGES.value, _OUT.value,
                                        step=_CHECKPOINT.value, threshold=_THRESHOLD.value,
-                                       write_overlays=_OVERLAYS.value)
+                                       write_overlays=_OVERLAYS.value,
+                                       sensitivity=_SENSITIVITY.value)
   except (ConfigError, DataError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -28,4 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.source = "folder"
   config.data.root = arg or os.environ.get("DRAEM_FOLDER_ROOT", "")
   config.data.category = Path(config.data.root).name or "folder"  # Names the run only.
+  # Own images rarely come with labelled defects: hold out 10% of train/good (at least 4) to
+  # choose the decision thresholds on synthetic anomalies.
+  config.data.validation_fraction = 0.1
   return config

@@ -36,6 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.texture_root = os.environ.get("DRAEM_TEXTURE_ROOT", "~/data/dtd/images")  # Textures.
   data.image_size = 256  # Square side the images are resized to (multiple of 32 for the model).
   data.train_list = ""  # Folder source: text file of training image paths ("" = root/train/good).
+  data.validation_fraction = 0.0  # Share of train/good held out to choose thresholds (0 = the
+  # paper: train on all of it; evaluation then reports the test-set F1-max threshold only).
+  data.validation_min_images = 4  # The validation split holds at least this many images.
+  data.mask_pattern = "{stem}_mask.png"  # Folder source: mask file name ({stem} = image name).
+  data.mask_root = ""  # Folder source: folder of <defect>/<mask> ("" = <root>/ground_truth).
   data.cache_decoded = True  # Decode+resize train/test images and textures once, keep in RAM:
   # N*S*S*3 bytes at side S: 41 MB for bottle's 209 images, 1.1 GB for DTD's 5,640 at S=256.
   data.num_workers = 2  # grain worker processes decoding images when cache_decoded is False.
@@ -54,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sim.num_augmenters = 3  # Distinct texture augmenters drawn per sample out of the ten.
   sim.texture_rotate_max_deg = 45.0  # The "rotate" augmenter's angle ~ U(-45, 45).
   sim.batching = "auto"  # "vmap", "map" (loop over samples) or "auto" (map on CPU, else vmap).
+  # Photometric jitter of the clean image (input and target alike, before rotation and anomaly),
+  # teaching that lighting drift is normal; not in the paper, so 0 (off) here.
+  sim.jitter_brightness = 0.0  # Brightness factor ~ U(1 - r, 1 + r); 0 = off.
+  sim.jitter_contrast = 0.0  # Contrast factor about the image mean ~ U(1 - r, 1 + r); 0 = off.
+  sim.jitter_gamma = 0.0  # Gamma ~ U(1 - r, 1 + r); 0 = off.
 
   # --- model (DRAEM_SPEC section 1) ---------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
@@ -92,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ev.aupro_fpr_limit = 0.3  # AU-PRO integrates PRO up to this false-positive rate.
   ev.aupro_full_resolution = False  # Also compute AU-PRO at the original image resolution.
   ev.write_overlays = True  # Overlay PNGs for every test image.
+  ev.threshold_method = "f1"  # Validation split: "f1" (F1-max, synthetic) or "fpr" (target_fpr).
+  ev.target_fpr = 0.01  # "fpr": share of good validation images (and pixels) called anomalous.
+  ev.sensitivity = 0.5  # In (0, 1): 0.5 = as chosen; higher flags more (threshold lowered).
 
   # --- checkpoints --------------------------------------------------------------------------
   config.checkpoint = ckpt = ml_collections.ConfigDict()

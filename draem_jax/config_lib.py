@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
+from draem_jax import fileio
 from draem_jax import simulator
 from draem_jax.errors import ConfigError
 
@@ -77,6 +78,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "must be a positive odd integer (21 in the paper).")
   _require(0 < ev.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", ev.aupro_fpr_limit,
            "must be in (0, 1].")
+  method = ev.get("threshold_method", "f1")
+  _require(method in ("f1", "fpr"), "eval.threshold_method", method,
+           "must be 'f1' (F1-max on the synthetic validation split) or 'fpr' (eval.target_fpr).")
+  _require(0 <= ev.get("target_fpr", 0.01) < 1, "eval.target_fpr", ev.get("target_fpr"),
+           "must be in [0, 1).")
+  _require(0 < ev.get("sensitivity", 0.5) < 1, "eval.sensitivity", ev.get("sensitivity"),
+           "must be in (0, 1) (0.5 = the threshold as chosen; higher flags more images).")
   # Checkpoints.
   _positive_int(config, "checkpoint.every_steps")
   _positive_int(config, "checkpoint.max_to_keep")
@@ -91,18 +99,10 @@ def for_category(config: ml_collections.ConfigDict, category: str) -> ml_collect
   return sub
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
   """Writes `workdir/config.json` atomically; returns its path."""
-  path = Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  _atomic_write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-  return path
+  return fileio.atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict(),
+                                  sort_keys=True)
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -126,10 +126,13 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
   everything else (logging, evaluation, checkpoint frequency) may change between restarts.
   """
   fixed = ("model.recon_width", "model.disc_width", "data.image_size", "data.category",
-           "data.source", "train.batch_size", "train.seed")
+           "data.source", "train.batch_size", "train.seed", "data.validation_fraction",
+           "data.validation_min_images")
   for field in fixed:
     group, name = field.split(".")
-    old, new = saved[group][name], config[group][name]
+    old, new = saved[group].get(name, 0.0), config[group].get(name, 0.0)
+    if name == "validation_min_images" and not saved.data.get("validation_fraction", 0.0):
+      continue  # Without a validation split the minimum changes nothing.
     if old != new:
       raise ConfigError(
           f"{field}={new!r} differs from {old!r} in {Path(workdir) / CONFIG_FILE}: this workdir "

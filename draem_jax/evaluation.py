@@ -4,12 +4,12 @@ On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the pro
 the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
 counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`). On the host
 (`evaluate`): the metrics of `draem_jax.metrics` over the whole test split, written to
-`<out>/metrics.json`, a Markdown comparison with the paper, per-image scores and overlays.
+`<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
+the HTML report of `draem_jax.report`.
 """
 
 import csv
 import io
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +26,11 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from draem_jax import data as data_lib
+from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
 
@@ -134,21 +136,36 @@ def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float
   return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _scores_csv(eval_ds, scores: np.ndarray, threshold: float) -> str:
+def _scores_csv(eval_ds, scores: np.ndarray, threshold: float,
+                normalized: np.ndarray | None = None) -> str:
+  """Raw score, normalised score (empty without a validation split) and decision per image."""
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(["file_name", "defect_type", "label", "score", "predicted_anomalous"])
+  writer.writerow(["file_name", "defect_type", "label", "score", "normalized_score",
+                   "predicted_anomalous"])
   for i, score in enumerate(scores):
     writer.writerow([eval_ds.file_names[i], eval_ds.defect_types[i], int(eval_ds.labels[i]),
-                     f"{float(score):.6f}", int(bool(score >= threshold))])
+                     f"{float(score):.6f}",
+                     "" if normalized is None else f"{float(normalized[i]):.6f}",
+                     int(bool(score >= threshold))])
   return buf.getvalue()
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, gt: np.ndarray | None,
+                      maps: np.ndarray, thresholds: dict[str, Any]) -> dict[str, Any]:
+  """Test-split metrics at thresholds chosen elsewhere (the validation split: no test tuning).
+
+  Returns:
+    {"image_threshold", "image_precision", "image_recall", "image_f1", "image_fpr",
+     "image_accuracy", and with masks the same for "pixel_"}.
+  """
+  out = {}
+  kinds = [("image", labels, scores)] + ([] if gt is None else [("pixel", gt, maps)])
+  for kind, truth, values in kinds:
+    for name, value in metrics_lib.binary_metrics(truth, values,
+                                                  thresholds[f"{kind}_threshold"]).items():
+      out[f"{kind}_{name}"] = value
+  return out
 
 
 def _enlarge(x: np.ndarray, factor: int) -> np.ndarray:
@@ -168,7 +185,8 @@ def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
     picture = visualize.panel(
         _enlarge(pred["images"][i], factor), _enlarge(pred["maps"][i], factor),
         pixel_threshold, None if gt is None else _enlarge(gt[i], factor),
-        title=f"{defect}/{name}  score {score:.3f}  {verdict}")
+        title=f"{defect}/{Path(name).name}  score {score:.3f}  {verdict} (threshold "
+              f"{image_threshold:.3f})")
     visualize.save_png(out_dir / OVERLAY_DIR / defect / f"{Path(name).stem}.png", picture)
     written += 1
   return written
@@ -176,7 +194,8 @@ def _write_overlays(out_dir: Path, eval_ds, pred: dict, gt: np.ndarray | None,
 
 def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module, mesh: Mesh,
              out_dir: str | os.PathLike | None, *, step: int,
-             write_overlays: bool | None = None) -> dict[str, Any]:
+             write_overlays: bool | None = None,
+             thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
   """Evaluates one category's test split; writes results under `out_dir` (process 0).
 
   Args:
@@ -184,9 +203,13 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     variables: the model variables ({'params', 'batch_stats'}), replicated on `mesh`.
     model: the DRAEM module.
     mesh: device mesh.
-    out_dir: where metrics.json, comparison.md, scores.csv and overlays/ go (None: nowhere).
+    out_dir: where metrics.json, comparison.md, scores.csv, overlays/ and report.html go
+      (None: nowhere).
     step: the checkpoint's step (recorded in metrics.json).
     write_overlays: default config.eval.write_overlays.
+    thresholds: the validation split's thresholds (`validation.calibrate`); then the metrics
+      at them are added as "validation_threshold" and decide scores.csv and the overlays.
+      Without, the test-set F1-max thresholds (optimistic: tuned on the test set) do.
 
   Returns:
     The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
@@ -203,7 +226,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                            eval_ds.defect_types, ev.aupro_fpr_limit)
   else:  # Image-level ground truth only.
     gt = None
-    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"])}
+    result = {"image_auroc": metrics_lib.image_auroc(eval_ds.labels, pred["scores"]),
+              "image_ap": metrics_lib.image_ap(eval_ds.labels, pred["scores"])}
     result["f1_max"], result["f1_threshold"] = metrics_lib.f1_max(eval_ds.labels,
                                                                   pred["scores"])
   if eval_ds.has_masks and ev.get("aupro_full_resolution", False):
@@ -211,23 +235,38 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                                              ev.aupro_fpr_limit)
   result.update(category=str(config.data.category), step=int(step), protocol=ev.protocol,
                 has_masks=bool(eval_ds.has_masks), num_test_images=int(eval_ds.num_examples))
+  normalized = None
+  if thresholds is not None:
+    result["validation_threshold"] = threshold_metrics(eval_ds.labels, pred["scores"], gt,
+                                                       pred["maps"], thresholds)
+    normalized = metrics_lib.normalize_scores(pred["scores"], thresholds["image_threshold"],
+                                              thresholds["image_min"], thresholds["image_max"])
   if out_dir is None or jax.process_index() != 0:
     return result
   out_dir = Path(out_dir)
-  image_threshold = result.get("f1_threshold", float("nan"))
-  _atomic_write(out_dir / METRICS_FILE,
-                json.dumps(metrics_lib.json_safe(result), indent=2, sort_keys=True) + "\n")
-  _atomic_write(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"], image_threshold))
+  if thresholds is not None:
+    image_threshold = thresholds["image_threshold"]
+  else:
+    image_threshold = result.get("f1_threshold", float("nan"))
+  fileio.atomic_write_json(out_dir / METRICS_FILE, metrics_lib.json_safe(result),
+                           sort_keys=True)
+  fileio.atomic_write_text(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"],
+                                                              image_threshold, normalized))
   table = metrics_lib.comparison_table(str(config.data.category), result)
-  _atomic_write(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, protocol "
-                f"{ev.protocol}\n\n{table}\n")
+  fileio.atomic_write_text(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, "
+                           f"protocol {ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:
-    pixel_threshold = result.get("pixel_f1_threshold", float("nan"))
+    pixel_threshold = (thresholds["pixel_threshold"] if thresholds is not None
+                       else result.get("pixel_f1_threshold", float("nan")))
     if not np.isfinite(pixel_threshold):
       pixel_threshold = 0.5
     if not np.isfinite(image_threshold):
       image_threshold = 0.5
     _write_overlays(out_dir, eval_ds, pred, gt, pixel_threshold, image_threshold)
+  report.write_report(out_dir, metrics_lib.json_safe(result), eval_ds.labels,
+                      eval_ds.defect_types, eval_ds.file_names, pred["scores"], pred["maps"], gt,
+                      config=config.to_dict(), fpr_limit=ev.aupro_fpr_limit,
+                      threshold=thresholds["image_threshold"] if thresholds is not None else None)
   logging.info("Evaluation of %s at step %d: %s", config.data.category, step,
                {k: result.get(k) for k in metrics_lib.METRIC_NAMES})
   return result

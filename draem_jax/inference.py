@@ -25,10 +25,13 @@ from draem_jax import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import evaluation
+from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import train_step as train_step_lib
+from draem_jax import validation
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
 from draem_jax.errors import ConfigError, DataError
@@ -91,7 +94,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  results = {}
+  results, reports = {}, {}
   runs = _run_workdirs(workdir)
   for run_dir in runs:
     run = load_run(run_dir, step)
@@ -103,16 +106,25 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
     config_lib.validate_config(config)
     out = Path(out_dir) / run_dir.name if out_dir and len(runs) > 1 else out_dir
     out = Path(out) if out else run_dir / EVAL_DIR / str(run.step)
+    thresholds = validation.thresholds_for(config, run.variables, run.model, run.mesh,
+                                           run_dir / EVAL_DIR / str(run.step), step=run.step)
     result = evaluation.evaluate(config, run.variables, run.model, run.mesh, out,
-                                 step=run.step, write_overlays=write_overlays)
+                                 step=run.step, write_overlays=write_overlays,
+                                 thresholds=thresholds)
     results[str(config.data.category)] = result
+    reports[str(config.data.category)] = (metrics_lib.json_safe(result), out / report.REPORT_FILE)
     print(f"{config.data.category} (step {run.step}, protocol {config.eval.protocol}): " +
           ", ".join(f"{k} {100 * result[k]:.1f}" for k in
                     ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
                     if result.get(k) is not None and np.isfinite(result[k])) +
           f"  -> {out}")
-  if len(runs) > 1 and jax.process_index() == 0:
-    (workdir / "summary.md").write_text(metrics_lib.summary_table(results) + "\n")
+  if jax.process_index() == 0:
+    if runs != [workdir]:  # An `all` run (even with one category trained so far).
+      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
+      index = report.write_index(workdir / report.REPORT_FILE, reports)
+      print(f"Report: {index}")
+    elif runs:
+      print(f"Report: {reports[str(config.data.category)][1]}")
   return results
 
 
@@ -158,29 +170,48 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
 
 def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
                    step: int | None = None, threshold: float | None = None,
-                   write_overlays: bool = True) -> list[dict[str, Any]]:
+                   write_overlays: bool = True,
+                   sensitivity: float | None = None) -> list[dict[str, Any]]:
   """Scores images of any size (RGB or grayscale) with a trained run.
 
   Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
-  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its score is
-  >= the threshold: `threshold`, else the image F1-max threshold found by evaluate.py for this
-  checkpoint.
+  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
+  is >= the threshold: `threshold`; else the validation split's (thresholds.json of the
+  checkpoint, chosen now if the run holds out a validation split and it is missing), moved by
+  `sensitivity` (default: the one it was chosen with); else the test-set F1-max threshold
+  found by evaluate.py. With validation statistics each record also has `normalized_score`
+  (the threshold at 0.5, `metrics.normalize_scores`).
 
   Returns:
-    One record per image: file, score, threshold, anomalous.
+    One record per image: file, score (raw), normalized_score (None without validation
+    statistics), threshold (raw), anomalous.
   """
   workdir = Path(workdir).expanduser()
   paths = find_images(images)
   run = load_run(workdir, step)
+  chosen = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
+                                     workdir / EVAL_DIR / str(run.step), step=run.step)
   found = eval_thresholds(workdir, run.step)
-  if threshold is None:
-    if "f1_threshold" not in found:
-      raise ConfigError(
-          f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
-          f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
-          "F1-max threshold on the test split), or pass --threshold.")
-    threshold = found["f1_threshold"]
-  pixel_threshold = found.get("pixel_f1_threshold", 0.5)
+  if chosen is not None:
+    if sensitivity is not None:
+      chosen = validation.with_sensitivity(chosen, sensitivity)
+    if threshold is not None:  # A raw threshold given by hand: normalise around it.
+      chosen = dict(chosen, image_threshold=float(threshold))
+    threshold = chosen["image_threshold"]
+    pixel_threshold = chosen["pixel_threshold"]
+  else:
+    if sensitivity is not None:
+      raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
+                        "has none (data.validation_fraction=0); pass --threshold instead.")
+    if threshold is None:
+      if "f1_threshold" not in found:
+        raise ConfigError(
+            f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
+            f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
+            "F1-max threshold on the test split), or pass --threshold, or train with "
+            "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
+      threshold = found["f1_threshold"]
+    pixel_threshold = found.get("pixel_f1_threshold", 0.5)
   config = run.config
   size = config.data.image_size
   batch_size = config.eval.batch_size
@@ -202,9 +233,11 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
     maps, scores = np.asarray(maps), np.asarray(scores)
     for i, (path, image) in enumerate(zip(chunk, originals)):
       score = float(scores[i])
-      anomalous = bool(score >= threshold)
-      records.append({"file": str(path), "score": score, "threshold": float(threshold),
-                      "anomalous": anomalous})
+      anomalous = bool(scores[i] >= threshold)
+      normalized = (None if chosen is None else
+                    float(validation.normalize(chosen, np.float64(scores[i]))))
+      records.append({"file": str(path), "score": score, "normalized_score": normalized,
+                      "threshold": float(threshold), "anomalous": anomalous})
       if write_overlays:
         full_map = images_lib.resize_bilinear(maps[i].astype(np.float32), image.shape[:2])
         picture = visualize.panel(
@@ -213,14 +246,13 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
                   f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
         visualize.save_png(out_dir / names[start + i], picture)
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["file", "score", "threshold", "anomalous"])
+  writer = csv.DictWriter(buf, fieldnames=["file", "score", "normalized_score", "threshold",
+                                           "anomalous"])
   writer.writeheader()
-  writer.writerows(records)
-  for name, text in (("scores.csv", buf.getvalue()),
-                     ("scores.json", json.dumps(records, indent=2) + "\n")):
-    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / name)
+  writer.writerows([dict(r, normalized_score="" if r["normalized_score"] is None
+                         else r["normalized_score"]) for r in records])
+  fileio.atomic_write_text(out_dir / "scores.csv", buf.getvalue())
+  fileio.atomic_write_json(out_dir / "scores.json", records)
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
                sum(r["anomalous"] for r in records), threshold, out_dir)
   return records

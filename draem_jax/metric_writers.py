@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from draem_jax import fileio
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -56,9 +58,7 @@ class MetricWriter:
     self.path = Path(workdir) / METRICS_FILE
     self.path.parent.mkdir(parents=True, exist_ok=True)
     kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
-    tmp = self.path.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, self.path)
+    fileio.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     self._file = open(self.path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top

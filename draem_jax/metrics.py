@@ -169,6 +169,24 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
   return _auroc(labels, scores, "image_auroc labels vs scores")
 
 
+def image_ap(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Image-level average precision (sklearn `average_precision_score` definition).
+
+  The authors' evaluation reports it next to image AUROC; unlike AUROC it depends on the
+  share of anomalous images and rewards ranking the most anomalous ones first.
+
+  Args:
+    labels: (N,) 0/1 or bool, 1 = anomalous image.
+    scores: (N,) image anomaly scores, higher = more anomalous.
+
+  Returns:
+    AP in [0, 1]; nan when no image is anomalous.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  _check_same_shape(labels, scores, "image_ap labels vs scores")
+  return _ap_from_counts(*_binary_counts(_as_labels(labels), Ranking.of(scores))[:2])
+
+
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
   """Pixel-level AUROC over ALL pixels of all images pooled.
 
@@ -224,6 +242,97 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
   labels, scores = np.asarray(labels), np.asarray(scores)
   _check_same_shape(labels, scores, "f1_max labels vs scores")
   return _f1_from_counts(*_binary_counts(_as_labels(labels), Ranking.of(scores)))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray):
+  """The ROC whose trapezoids `image_auroc` / `pixel_auroc` sum, for plotting.
+
+  Args:
+    labels: 0/1 or bool, 1 = anomalous (any shape, flattened).
+    scores: the same shape.
+
+  Returns:
+    (fpr, tpr, thresholds), each (T + 1,): from (0, 0) (threshold +inf) through every distinct
+    score in descending order to (1, 1) (sklearn's `roc_curve(drop_intermediate=False)`);
+    None when one class is absent.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  _check_same_shape(labels, scores, "roc_curve labels vs scores")
+  tp, fp, thresholds = _binary_counts(_as_labels(labels), Ranking.of(scores))
+  if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
+    return None
+  fpr = np.concatenate([[0.0], fp / float(fp[-1])])
+  tpr = np.concatenate([[0.0], tp / float(tp[-1])])
+  return fpr, tpr, np.concatenate([[np.inf], thresholds])
+
+
+def fpr_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
+  """The lowest threshold at which at most `target_fpr` of normal samples are called anomalous.
+
+  With n normal scores, at most floor(target_fpr * n) of them satisfy `score >= threshold`:
+  the threshold is the smallest float above the (floor(target_fpr * n) + 1)-th highest score.
+
+  Args:
+    normal_scores: scores of normal (label 0) samples or pixels, any shape.
+    target_fpr: allowed false-positive rate in [0, 1).
+
+  Returns:
+    The threshold (`score >= threshold` is anomalous).
+  """
+  if not 0.0 <= target_fpr < 1.0:
+    raise ValueError(f"target_fpr={target_fpr} must be in [0, 1).")
+  flat = np.sort(_finite_scores(normal_scores))[::-1]
+  if flat.size == 0:
+    raise ValueError("fpr_threshold needs at least one normal score.")
+  allowed = int(np.floor(target_fpr * flat.size + 1e-9))
+  return float(np.nextafter(flat[allowed], np.inf))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+  """Precision, recall, F1, false-positive rate and accuracy of `score >= threshold`.
+
+  Args:
+    labels: 0/1 or bool, 1 = anomalous (images (N,) or pixels (N, H, W)).
+    scores: the same shape.
+    threshold: the decision threshold.
+
+  Returns:
+    {"threshold", "precision", "recall", "f1", "fpr", "accuracy"}; nan where undefined (e.g.
+    precision when nothing is called anomalous, recall without anomalous samples).
+  """
+  labels, scores = _as_labels(labels), np.asarray(scores).reshape(-1)
+  _check_same_shape(labels, scores, "binary_metrics labels vs scores")
+  predicted = _finite_scores(scores) >= threshold
+  tp = float(np.sum(predicted & labels))
+  fp = float(np.sum(predicted & ~labels))
+  pos, neg = float(labels.sum()), float((~labels).sum())
+
+  def ratio(a, b):
+    return a / b if b > 0 else math.nan
+
+  return {"threshold": float(threshold), "precision": ratio(tp, tp + fp),
+          "recall": ratio(tp, pos), "f1": ratio(2 * tp, tp + fp + pos) if pos else math.nan,
+          "fpr": ratio(fp, neg), "accuracy": ratio(tp + neg - fp, pos + neg)}
+
+
+def normalize_scores(values: np.ndarray, threshold: float, low: float, high: float
+                     ) -> np.ndarray:
+  """Min-max normalisation that puts `threshold` at 0.5 (anomalib's convention).
+
+  `clip((value - threshold) / (high - low) + 0.5, 0, 1)`: monotone (order preserved, ties at
+  the clip limits), the threshold itself maps to 0.5 and every `score >= threshold` to >= 0.5.
+  Decisions are still taken on the raw score, which rounding cannot blur.
+
+  Args:
+    values: raw scores or anomaly maps, any shape.
+    threshold: the raw decision threshold.
+    low, high: the raw minimum and maximum seen on the validation split.
+
+  Returns:
+    float64 array of the same shape, in [0, 1].
+  """
+  span = max(float(high) - float(low), 1e-12)
+  return np.clip((np.asarray(values, np.float64) - threshold) / span + 0.5, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -437,8 +546,8 @@ def mean_filter_max(maps: np.ndarray, size: int = 21) -> np.ndarray:
 # All metrics of a category.
 # ------------------------------------------------------------------------------------------
 
-METRIC_NAMES = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max", "f1_threshold",
-                "pixel_f1_max", "pixel_f1_threshold")
+METRIC_NAMES = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1_max",
+                "f1_threshold", "pixel_f1_max", "pixel_f1_threshold")
 
 
 def _subset_metrics(image_keep, labels, scores, pixel_labels, pixel_ranking, normal_flat,
@@ -447,7 +556,8 @@ def _subset_metrics(image_keep, labels, scores, pixel_labels, pixel_ranking, nor
   image_ranking = Ranking.of(scores_s)
   tp, fp, th = _binary_counts(labels_s, image_ranking)
   f1, f1_threshold = _f1_from_counts(tp, fp, th)
-  out = {"image_auroc": _auroc_from_counts(tp, fp), "f1_max": f1, "f1_threshold": f1_threshold}
+  out = {"image_auroc": _auroc_from_counts(tp, fp), "image_ap": _ap_from_counts(tp, fp),
+         "f1_max": f1, "f1_threshold": f1_threshold}
 
   pixel_keep = np.repeat(image_keep, num_pixels_per_image)
   ranking = pixel_ranking if image_keep.all() else pixel_ranking.subset(pixel_keep)
@@ -490,7 +600,7 @@ def evaluate_category(labels: np.ndarray, image_scores: np.ndarray, masks: np.nd
     fpr_limit: AU-PRO integration limit (config eval.aupro_fpr_limit).
 
   Returns:
-    {"image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max", "f1_threshold",
+    {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1_max", "f1_threshold",
      "pixel_f1_max", "pixel_f1_threshold": float (fractions in [0, 1] or nan; thresholds are
      scores: `score >= threshold` is anomalous), "counts": {"images", "anomalous_images",
      "normal_images", "pixels", "anomalous_pixels", "regions"}, "per_defect_type":
@@ -566,8 +676,13 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 PAPER_MEAN = {"image_auroc": 98.0, "pixel_auroc": 97.3, "pixel_ap": 68.4}
 RELEASED_CHECKPOINTS_MEAN = {"image_auroc": 98.1, "pixel_auroc": 97.5, "pixel_ap": 68.9}
 
-_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
-           "aupro": "AU-PRO", "f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max"}
+_LABELS = {"image_auroc": "image AUROC", "image_ap": "image AP", "pixel_auroc": "pixel AUROC",
+           "pixel_ap": "pixel AP", "aupro": "AU-PRO",
+           # Tuned on the test set itself: an optimistic upper reference, not a deployable number.
+           "f1_max": "image F1-max (test-tuned, optimistic)",
+           "pixel_f1_max": "pixel F1-max (test-tuned, optimistic)",
+           "validation_image_f1": "image F1 at the validation threshold",
+           "validation_pixel_f1": "pixel F1 at the validation threshold"}
 
 
 def _pct(value: float | None) -> str:
@@ -595,8 +710,14 @@ def comparison_table(category: str, metrics: Mapping[str, Any]) -> str:
   paper = PAPER_RESULTS.get(category, {})
   lines = [f"### {category}", "", "| metric | ours (%) | paper (%) | ours - paper |",
            "|---|---:|---:|---:|"]
-  for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max", "pixel_f1_max"):
-    value = metrics.get(key)
+  chosen = metrics.get("validation_threshold") or {}
+  values = dict(metrics, validation_image_f1=chosen.get("image_f1"),
+                validation_pixel_f1=chosen.get("pixel_f1"))
+  for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
+              "validation_image_f1", "validation_pixel_f1", "f1_max", "pixel_f1_max"):
+    if key.startswith("validation_") and not chosen:
+      continue  # No validation split (fraction 0): only the test-tuned reference exists.
+    value = values.get(key)
     ours = None if value is None else 100.0 * float(value)
     lines.append(f"| {_LABELS[key]} | {_pct(ours)} | {_pct(paper.get(key))} | "
                  f"{_diff(ours, paper.get(key))} |")

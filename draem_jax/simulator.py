@@ -4,6 +4,10 @@
 textures into the training inputs of one step. Per sample, with its own key from
 `jax.random.split(key, B)`:
 
+0. if any `jitter_*` range is > 0 (default off; not in the paper), the clean image gets a
+   photometric jitter (`photometric_jitter`: gamma, contrast, brightness, factors drawn from
+   the sample's key); everything below then uses the jittered image, so that the target and
+   the input get the identical change;
 1. with probability `rotate_prob` the clean image is rotated by U(-rotate_max_deg,
    rotate_max_deg) degrees (bilinear, fill 0); the result is the reconstruction target and
    the base of the anomaly;
@@ -65,6 +69,9 @@ class SimulatorConfig:
   num_augmenters: int = 3
   texture_rotate_max_deg: float = 45.0
   batching: str = "auto"
+  jitter_brightness: float = 0.0
+  jitter_contrast: float = 0.0
+  jitter_gamma: float = 0.0
 
   def __post_init__(self):
     for field in dataclasses.fields(self):  # Accept e.g. 1 for 1.0 from command-line overrides.
@@ -91,9 +98,19 @@ class SimulatorConfig:
       raise ConfigError(
           f"config.simulator.num_augmenters = {self.num_augmenters} must be between 0 and "
           f"{augment.NUM_AUGMENTERS} (they are drawn without repetition).")
+    for name in ("jitter_brightness", "jitter_contrast", "jitter_gamma"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise ConfigError(f"config.simulator.{name} = {value} must lie in [0, 1): the factor is "
+                          f"drawn from U(1 - {name}, 1 + {name}); 0 turns it off.")
     if self.batching not in _BATCHING_MODES:
       raise ConfigError(f"config.simulator.batching = {self.batching!r} must be one of "
                         f"{_BATCHING_MODES}.")
+
+  @property
+  def jitter(self) -> bool:
+    """Whether the photometric jitter of the clean image is on."""
+    return self.jitter_brightness > 0 or self.jitter_contrast > 0 or self.jitter_gamma > 0
 
   @classmethod
   def from_config(cls, cfg: Any) -> "SimulatorConfig":
@@ -383,6 +400,54 @@ def _per_sample(fn, c: SimulatorConfig, reference: jax.Array, *xs):
   return jax.vmap(fn)(*xs)
 
 
+JITTER_FOLD = 0x6A17  # Folded into a sample's key for its jitter draws (see jitter_factors).
+
+
+def jitter_factors(key: jax.Array, batch_size: int, cfg: Any) -> jax.Array:
+  """The photometric jitter factors of `simulate(key, ...)` for a batch of `batch_size`.
+
+  Each sample's factors come from its own key (`jax.random.split(key, B)`, as its other draws)
+  folded with JITTER_FOLD, so that turning the jitter on leaves every other draw unchanged.
+
+  Args:
+    key: the batch's PRNG key, as passed to `simulate`.
+    batch_size: static B.
+    cfg: `config.simulator` or a SimulatorConfig.
+
+  Returns:
+    (B, 3) float32 (brightness, contrast, gamma), each ~ U(1 - r, 1 + r) for its range r
+    (exactly 1 where r = 0).
+  """
+  c = SimulatorConfig.from_config(cfg)
+  ranges = jnp.array([c.jitter_brightness, c.jitter_contrast, c.jitter_gamma], jnp.float32)
+
+  def one(k):
+    u = jax.random.uniform(jax.random.fold_in(k, JITTER_FOLD), (3,), jnp.float32)
+    return 1.0 + (2.0 * u - 1.0) * ranges
+
+  return jax.vmap(one)(jax.random.split(key, batch_size))
+
+
+def photometric_jitter(images: jax.Array, factors: jax.Array) -> jax.Array:
+  """Brightness, contrast and gamma changes of clean images, per sample.
+
+  y = clip(brightness * (m + contrast * (x^gamma - m)), 0, 1), with m the mean of x^gamma over
+  the sample's pixels and channels (contrast about the image's own mean, so that it does not
+  also change the brightness).
+
+  Args:
+    images: (B, H, W, 3) float32 in [0, 1].
+    factors: (B, 3) float32 (brightness, contrast, gamma) from `jitter_factors`.
+
+  Returns:
+    (B, H, W, 3) float32 in [0, 1].
+  """
+  b, c, g = (factors[:, i, None, None, None] for i in range(3))
+  y = jnp.power(images, g)
+  m = jnp.mean(y, axis=(1, 2, 3), keepdims=True)
+  return jnp.clip(b * (m + c * (y - m)), 0.0, 1.0)
+
+
 def _simulate(key: jax.Array, images: jax.Array, textures: jax.Array, cfg: Any,
               with_texture: bool) -> tuple[SimulatorOutput, SimulatorDetails | None]:
   """`simulate`; also the details when with_texture (they need the augmented textures)."""
@@ -391,6 +456,10 @@ def _simulate(key: jax.Array, images: jax.Array, textures: jax.Array, cfg: Any,
     raise ValueError(f"simulate expects images and textures of the same shape (B, H, W, 3); "
                      f"got {images.shape} and {textures.shape}.")
   draws = sample_draws(key, images.shape[0], c)
+  if c.jitter:
+    # Before the rotation and the anomaly, so that target and input get the identical change
+    # (the change is normal, the model must not flag it); off, the images pass untouched.
+    images = photometric_jitter(_to_unit(images), jitter_factors(key, images.shape[0], c))
   if resolve_batching(c.batching, images) == "map":
     output, texture = _simulate_loop(draws, images, textures, c, with_texture)
   else:

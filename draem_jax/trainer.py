@@ -31,8 +31,10 @@ from draem_jax import fileio
 from draem_jax import metric_writers
 from draem_jax import models
 from draem_jax import parallel
+from draem_jax import report
 from draem_jax import simulator
 from draem_jax import train_step as train_step_lib
+from draem_jax import validation
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
@@ -151,6 +153,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
       fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(done) + "\n")
+      index = report.write_index(workdir / report.REPORT_FILE, {
+          c: (metrics_lib.json_safe(r), workdir / c / EVAL_DIR / str(r["step"]) /
+              report.REPORT_FILE) for c, r in done.items()})
+      print(f"Report of all categories: {index}")
     return results
   return _train_one(config, workdir)
 
@@ -193,7 +199,8 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
     logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
                  process_index, process_count, process_index * local,
                  (process_index + 1) * local, config.train.batch_size)
-    logging.info("%d training images, %d steps (%d per epoch at batch %d).", num_examples,
+    logging.info("%d training images (%s), %d steps (%d per epoch at batch %d).", num_examples,
+                 validation.describe_split(config),
                  total_steps, max(num_examples // config.train.batch_size, 1),
                  config.train.batch_size)
     step_fn = train_step_lib.jit_train_step(
@@ -204,12 +211,19 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path) -> Any:
       state = _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, writer,
                     start_step, total_steps, model)
       final_step = int(jax.device_get(state.step))
+      eval_dir = workdir / EVAL_DIR / str(final_step)
+      # Thresholds from the held-out good images: predict.py needs no test split to decide.
+      thresholds = (validation.calibrate(config, state.variables(), model, mesh, eval_dir,
+                                         step=final_step)
+                    if data_lib.has_validation_split(config) else None)
       if not data_lib.has_test_split(config):
         logging.info("No test split: training done at step %d, no evaluation.", final_step)
         return None
-      result = evaluation.evaluate(config, state.variables(), model, mesh,
-                                   workdir / EVAL_DIR / str(final_step), step=final_step)
+      result = evaluation.evaluate(config, state.variables(), model, mesh, eval_dir,
+                                   step=final_step, thresholds=thresholds)
       writer.write_scalars(final_step, _eval_scalars(result))
+      if process_index == 0:
+        print(f"Report: {eval_dir / report.REPORT_FILE}")
       return result
     finally:
       writer.close()
@@ -257,8 +271,10 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
         scalars["images_per_second"] = scalars["steps_per_second"] * batch_size
         window_start, window_steps = time.perf_counter(), 0
         writer.write_scalars(step, scalars)
-        bar.set_postfix({k: f"{scalars[k]:.4g}" for k in
-                         ("loss", "l2", "ssim", "focal", "images_per_second")})
+        # The bar shows the window's mean loss and throughput (fetched only at logging steps,
+        # so the device is not synchronised every step).
+        bar.set_postfix_str(f"loss {scalars['loss']:.4f}  "
+                            f"{scalars['images_per_second']:.1f} img/s")
       if must_save:
         checkpointer.save(step, state, train_iter)
         last_checkpoint = step

@@ -61,6 +61,8 @@ def _textures(root: Path) -> Path:
 
 def _config(root: Path, textures_root: Path):
   config = _config_module("folder").get_config(str(root))
+  # Layouts of 2-4 training images: the held-out validation split is tested in test_validation.
+  config.data.validation_fraction = 0.0
   config.data.texture_root = str(textures_root)
   config.data.image_size = 32
   config.train.batch_size = 2
@@ -130,7 +132,7 @@ def test_test_image_without_mask(tmp_path):
 def test_mask_without_image(tmp_path):
   root = make_layout(tmp_path / "data")
   _mask(root / "ground_truth" / "scratch" / "007_mask.png")
-  with pytest.raises(DataError, match=r"007_mask.png has no image"):
+  with pytest.raises(DataError, match=r"007_mask.png matches no image"):
     pipeline.validate_data_config(_config(root, _textures(tmp_path / "tex")))
 
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -44,6 +46,7 @@ def test_train_writes_artifacts_and_evaluates(trained_workdir):
     assert 0.0 <= result[key] <= 1.0, key
   assert set(result["per_defect_type"]) == {"broken_large", "broken_small", "contamination"}
   assert (workdir / "eval" / "4" / "metrics.json").is_file()
+  assert (workdir / "eval" / "4" / "report.html").is_file()  # Every evaluation writes one.
 
 
 def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
@@ -65,6 +68,13 @@ def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
     assert im.size[0] >= 4 * 256 and im.size[1] >= 256
   scores_csv = (out / "scores.csv").read_text().splitlines()
   assert len(scores_csv) == 84
+  # The report shows every overlay (and links nothing that is missing); its path is printed.
+  assert f"Report: {out / 'report.html'}" in done.stdout
+  page = (out / "report.html").read_text()
+  links = set(re.findall(r'(?:src|href)="([^"]+)"', page))
+  assert all((out / unquote(l)).is_file() for l in links)
+  assert {(out / unquote(l)).resolve() for l in links if l.startswith("overlays/")} == \
+      {p.resolve() for p in overlays}
 
   # predict.py on original-size test images, one of them made grayscale.
   inputs = tmp_path / "inputs"

@@ -36,6 +36,9 @@ def test_device_mean_filter_matches_host_reference():
     ("eval.protocol", "strict"),
     ("eval.mean_filter_size", 20),
     ("eval.aupro_fpr_limit", 0.0),
+    ("eval.threshold_method", "median"),
+    ("eval.target_fpr", 1.0),
+    ("eval.sensitivity", 0.0),
     ("checkpoint.every_steps", 0),
     ("simulator.anomaly_prob", 1.5),
 ])

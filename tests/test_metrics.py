@@ -161,6 +161,8 @@ def test_image_and_pixel_metrics_match_sklearn(seed):
   assert metrics.pixel_auroc(masks, maps) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
   assert metrics.pixel_ap(masks, maps) == pytest.approx(
       skm.average_precision_score(y, s), abs=1e-12)
+  assert metrics.image_ap(labels, scores) == pytest.approx(
+      skm.average_precision_score(labels, scores), abs=1e-12)
 
 
 def test_one_class_gives_nan():
@@ -294,6 +296,8 @@ def test_evaluate_category_overall_and_per_defect():
       "anomalous_pixels": int(masks.sum()), "regions": result["counts"]["regions"]}
   # Overall numbers equal the single-metric functions.
   assert result["image_auroc"] == pytest.approx(skm.roc_auc_score(labels, scores))
+  assert result["image_ap"] == pytest.approx(skm.average_precision_score(labels, scores),
+                                             abs=1e-12)
   assert result["pixel_auroc"] == pytest.approx(skm.roc_auc_score(masks.ravel(), maps.ravel()))
   assert result["pixel_ap"] == pytest.approx(
       skm.average_precision_score(masks.ravel(), maps.ravel()))
@@ -305,6 +309,8 @@ def test_evaluate_category_overall_and_per_defect():
   crack = result["per_defect_type"]["crack"]
   assert crack["counts"]["images"] == 10 and crack["counts"]["normal_images"] == 6
   assert crack["image_auroc"] == pytest.approx(metrics.image_auroc(labels[keep], scores[keep]))
+  assert crack["image_ap"] == pytest.approx(
+      skm.average_precision_score(labels[keep], scores[keep]), abs=1e-12)
   assert crack["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks[keep], maps[keep]))
   assert crack["pixel_ap"] == pytest.approx(metrics.pixel_ap(masks[keep], maps[keep]))
   assert crack["aupro"] == pytest.approx(metrics.aupro(masks[keep], maps[keep]))
@@ -352,7 +358,13 @@ def test_comparison_tables():
   assert "| pixel AUROC | 99.1 | 99.1 | +0.0 |" in table
   assert "| pixel AP | 80.0 | 86.5 | -6.5 |" in table
   assert "| AU-PRO | 90.0 | n/a | n/a |" in table
-  assert "| pixel F1-max | n/a | n/a | n/a |" in table
+  assert "| pixel F1-max (test-tuned, optimistic) | n/a | n/a | n/a |" in table
+  assert "| image AP | n/a | n/a | n/a |" in table  # Not in `measured`; the paper has none.
+  assert "validation threshold" not in table  # No validation split: no such rows.
+  chosen = metrics.comparison_table("bottle", {**measured, "image_ap": 0.97,
+                                               "validation_threshold": {"image_f1": 0.9}})
+  assert "| image AP | 97.0 | n/a | n/a |" in chosen
+  assert "| image F1 at the validation threshold | 90.0 | n/a | n/a |" in chosen
   assert "| image AUROC | 95.0 | n/a | n/a |" in metrics.comparison_table("mine", measured)
   everything = {c: {k: v / 100 for k, v in r.items()} for c, r in metrics.PAPER_RESULTS.items()}
   summary = metrics.summary_table(everything)

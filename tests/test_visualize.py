@@ -1,4 +1,4 @@
-"""Heatmaps, overlays, panels and atomic PNG writing."""
+"""Heatmaps, tinted overlays, panels and atomic PNG writing."""
 
 import numpy as np
 from PIL import Image
@@ -28,22 +28,33 @@ def test_heatmap_is_jet():
                                 [[[0, 0, 128], [128, 0, 0], [0, 0, 128]]])
 
 
-def test_overlay_blends():
+def test_overlay_tints_only_where_the_map_is_high():
   image = _image()
   amap = np.random.default_rng(1).random((20, 30))
-  out = visualize.overlay(image, amap, alpha=0.0)
+  amap[:5] = 0.0  # A defect-free band.
+  amap[5:8] = 0.05  # Below the start of the ramp.
+  out = visualize.overlay(image, amap)
   assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
-  np.testing.assert_array_equal(out, image)
-  np.testing.assert_array_equal(visualize.overlay(image, amap, alpha=1.0),
-                                visualize.heatmap(amap))
-  half = visualize.overlay(image, amap, alpha=0.5).astype(int)
-  expected = (image.astype(float) + visualize.heatmap(amap)) / 2
-  assert np.max(np.abs(half - expected)) <= 0.5
+  # Pixel test: zero map, zero tint; the exact image colours.
+  np.testing.assert_array_equal(out[:8], image[:8])
+  # Independent reference of the blend: opacity alpha * clip((m - start) / (full - start)).
+  for start, full, alpha in ((0.1, 0.5, 0.6), (0.3, 0.4, 1.0), (0.0, 1.0, 0.5)):
+    got = visualize.overlay(image, amap, alpha, start, full).astype(float)
+    a = alpha * np.clip((amap - start) / (full - start), 0, 1)[..., None]
+    expected = (1 - a) * image + a * visualize.heatmap(amap)
+    assert np.max(np.abs(got - expected)) <= 0.5 + 1e-9
+  # Opaque where the map is at or above `full` with alpha 1: the heatmap itself.
+  high = amap >= 0.5
+  np.testing.assert_array_equal(visualize.overlay(image, amap, 1.0)[high],
+                                visualize.heatmap(amap)[high])
+  np.testing.assert_array_equal(visualize.overlay(image, amap, alpha=0.0), image)
   # Gray and float [0, 1] images are accepted.
   gray = visualize.overlay(image[..., 0] / 255.0, amap, alpha=0.0)
   np.testing.assert_array_equal(gray, np.repeat(image[..., :1], 3, axis=-1))
   with pytest.raises(ValueError, match="differ"):
     visualize.overlay(image, amap[:-1])
+  with pytest.raises(ValueError, match="start < full"):
+    visualize.overlay(image, amap, 0.5, 0.6, 0.6)
 
 
 def test_panel_layout():
@@ -52,19 +63,31 @@ def test_panel_layout():
   amap[5:10, 5:10] = 0.9
   gt = np.zeros((20, 30), bool)
   gt[4:8, 4:8] = True
-  out = visualize.panel(image, amap, threshold=0.5, gt_mask=gt, separator=2)
+  out = visualize.panel(image, amap, threshold=0.5, gt_mask=gt, separator=2, legend=False)
   assert out.dtype == np.uint8 and out.shape == (20, 4 * 30 + 3 * 2, 3)
   np.testing.assert_array_equal(out[:, :30], image)
   np.testing.assert_array_equal(out[:, 30:32], 255)  # Separator.
+  # The overlay tile: untouched where the map is 0, tinted on the blob.
+  tile = out[:, 32:62]
+  np.testing.assert_array_equal(tile[amap == 0], image[amap == 0])
+  assert np.all(np.any(tile[amap > 0] != image[amap > 0], axis=-1))
   predicted = out[:, 2 * 32:2 * 32 + 30, 0] == 255
   np.testing.assert_array_equal(predicted, amap >= 0.5)
   np.testing.assert_array_equal(out[:, 3 * 32:, 0] == 255, gt)
-  no_gt = visualize.panel(image, amap, threshold=0.5)
+  no_gt = visualize.panel(image, amap, threshold=0.5, legend=False)
   assert no_gt.shape == (20, 3 * 30 + 2 * 2, 3)
-  titled = visualize.panel(image, amap, 0.5, gt, title="score 0.93 | label 1")
-  assert titled.shape[0] > 20 and titled.shape[1] == out.shape[1]
-  np.testing.assert_array_equal(titled[-20:], out)
-  assert titled[:-20].max() > 128  # The text is drawn (white on black, anti-aliased).
+  # Title, captions and the colour scale around the same tiles (tiles big enough for text).
+  big = lambda x: np.kron(x, np.ones((10, 10) + (1,) * (x.ndim - 2), x.dtype))
+  bare = visualize.panel(big(image), big(amap), 0.5, big(gt), legend=False)
+  full = visualize.panel(big(image), big(amap), 0.5, big(gt), title="score 0.93 | label 1")
+  assert full.shape[1] == bare.shape[1] and full.shape[0] > bare.shape[0] + 40
+  tops = [r for r in range(full.shape[0] - 200 + 1) if np.array_equal(full[r:r + 200], bare)]
+  assert len(tops) == 1 and tops[0] > 0  # Text above the tiles...
+  top = tops[0]
+  assert full[:top].max() > 128  # ...drawn (white on black, anti-aliased).
+  below = full[top + 200:].astype(int)
+  assert below.shape[0] > 0 and (below.max(-1) - below.min(-1)).max() > 60  # Coloured scale.
+  assert visualize.font_size(256) >= 16 and visualize.font_size(900) > visualize.font_size(256)
 
 
 def test_grid_shape():

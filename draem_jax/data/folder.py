@@ -7,6 +7,12 @@ Layout (the one MVTec AD ships; only `train/good` is required for a custom data 
   <root>/test/<defect>/*.png                    defective test images              (optional)
   <root>/ground_truth/<defect>/<name>_mask.png  one mask per defective test image  (optional)
 
+Other mask conventions (`scan_test(mask_pattern=..., mask_root=...)`, config fields
+data.mask_pattern and data.mask_root): the mask of `test/<defect>/<stem>.<ext>` is
+`<mask_root>/<defect>/<mask_pattern with {stem} replaced>`, e.g. `{stem}_mask.png` (MVTec AD,
+MPDD; the default), `{stem}.png` (VisA and BTAD after the usual MVTec-style reorganisation),
+`{stem}_label.bmp`; mask_root defaults to `<root>/ground_truth`.
+
 Images may be PNG, JPEG, BMP or TIFF (any case of the extension); other files (licence texts,
 .DS_Store, notes) and hidden files are ignored. Without a `ground_truth/` folder the test split
 has no masks: `TestSplit.has_masks` is False and evaluation is image-level only. With one,
@@ -21,16 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import string
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from draem_jax.data import images as images_lib
-from draem_jax.errors import DataError
+from draem_jax.errors import ConfigError, DataError
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
+DEFAULT_MASK_PATTERN = "{stem}_mask.png"
 
 LAYOUT = ("<root>/train/good/*.png (required); optional <root>/test/good/, <root>/test/<defect>/ "
           "and <root>/ground_truth/<defect>/<name>_mask.png")
@@ -144,28 +153,55 @@ def scan_train(root: str | os.PathLike,
   return sorted(samples, key=lambda s: s.file_name)
 
 
-def _mask_index(mask_dir: Path) -> dict[str, Path]:
-  """Maps an image stem to its mask file (`<stem>_mask.<ext>`) in one ground-truth folder."""
+def check_mask_pattern(pattern: str) -> None:
+  """Raises ConfigError unless `pattern` is a file name with exactly one `{stem}` field."""
+  try:
+    fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+  except ValueError as e:
+    raise ConfigError(f"data.mask_pattern={pattern!r} is not a valid pattern ({e}); use e.g. "
+                    "'{stem}_mask.png', '{stem}.png' or '{stem}_label.bmp'.") from e
+  if (fields != ["stem"] or "/" in pattern or "\\" in pattern
+      or not images_lib.is_image_file(pattern.replace("{stem}", "x"))):
+    raise ConfigError(f"data.mask_pattern={pattern!r} must be an image file name containing "
+                    "{stem} exactly once (the test image's name without extension), e.g. "
+                    "'{stem}_mask.png', '{stem}.png' or '{stem}_label.bmp'.")
+
+
+def _mask_regex(pattern: str) -> re.Pattern:
+  before, after = pattern.split("{stem}")
+  return re.compile(re.escape(before) + "(.+)" + re.escape(after) + r"\Z")
+
+
+def _mask_index(mask_dir: Path, pattern: str) -> dict[str, Path]:
+  """Maps an image stem to its mask file (`pattern` with the stem) in one mask folder."""
+  regex = _mask_regex(pattern)
   index = {}
   for path in list_images(mask_dir):
-    stem = path.stem
-    if not stem.endswith(MASK_SUFFIX):
-      raise DataError(f"Mask {path} is not named <image name>{MASK_SUFFIX}.<ext>; expected "
-                      f"layout: {LAYOUT}.")
-    index[stem[:-len(MASK_SUFFIX)]] = path
+    match = regex.match(path.name)
+    if match is None:
+      raise DataError(f"Mask {path} does not match data.mask_pattern={pattern!r} (expected "
+                      f"{pattern.replace('{stem}', '<image name>')}); rename it, remove it, or "
+                      "set data.mask_pattern to the masks' naming.")
+    index[match.group(1)] = path
   return index
 
 
-def scan_test(root: str | os.PathLike, check_sizes: bool = True) -> TestSplit:
+def scan_test(root: str | os.PathLike, check_sizes: bool = True,
+              mask_pattern: str = DEFAULT_MASK_PATTERN,
+              mask_root: str | os.PathLike = "") -> TestSplit:
   """The test images and their masks, validated.
 
   Args:
     root: the data root (for MVTec AD, the category folder).
     check_sizes: compare each mask's size with its image's (reads two headers per image).
+    mask_pattern: file name of a mask, `{stem}` standing for its image's name without
+      extension (data.mask_pattern).
+    mask_root: the folder holding `<defect>/<mask file>` ("" = `<root>/ground_truth`;
+      data.mask_root).
 
   Returns:
     TestSplit with samples sorted by (defect type, file name); has_masks is True when
-    `<root>/ground_truth` exists.
+    the mask root exists.
 
   Raises:
     DataError: no `<root>/test`, a test folder without images, a defective image without its
@@ -179,7 +215,8 @@ def scan_test(root: str | os.PathLike, check_sizes: bool = True) -> TestSplit:
   if not defect_dirs:
     raise DataError(f"Test folder {test_dir} has no sub-folder (test/good, test/<defect>). "
                     f"Expected layout: {LAYOUT}.")
-  gt_dir = root / "ground_truth"
+  check_mask_pattern(mask_pattern)
+  gt_dir = Path(mask_root).expanduser() if str(mask_root) else root / "ground_truth"
   has_masks = gt_dir.is_dir()
   samples = []
   for defect_dir in defect_dirs:
@@ -192,21 +229,25 @@ def scan_test(root: str | os.PathLike, check_sizes: bool = True) -> TestSplit:
       mask_dir = gt_dir / defect
       if not mask_dir.is_dir():
         raise DataError(f"Masks folder {mask_dir} for the defective images in {defect_dir} does "
-                        f"not exist (a ground_truth/ folder exists, so every defect needs masks; "
-                        f"delete ground_truth/ for image-level evaluation only).")
-      masks = _mask_index(mask_dir)
+                        f"not exist (the mask root {gt_dir} exists, so every defect needs masks; "
+                        f"remove it, or point data.mask_root elsewhere, for image-level "
+                        f"evaluation only).")
+      masks = _mask_index(mask_dir, mask_pattern)
       stems = {p.stem for p in paths}
       for stem, mask in masks.items():
         if stem not in stems:
-          raise DataError(f"Mask {mask} has no image {defect_dir / stem}.<ext>; delete the mask or "
-                          "add its image.")
+          raise DataError(f"Mask {mask} matches no image: {defect_dir / stem}.<ext> does not "
+                          f"exist (data.mask_pattern={mask_pattern!r}); delete the mask or add "
+                          "its image.")
     for path in paths:
       mask = None
       if has_masks and defect != GOOD:
         mask = masks.get(path.stem)
         if mask is None:
-          raise DataError(f"Test image {path} has no mask {gt_dir / defect / path.stem}"
-                          f"{MASK_SUFFIX}.png. Expected layout: {LAYOUT}.")
+          raise DataError(f"Test image {path} has no mask "
+                          f"{gt_dir / defect / mask_pattern.format(stem=path.stem)} "
+                          f"(data.mask_pattern={mask_pattern!r}, mask root {gt_dir}). Expected "
+                          f"layout: {LAYOUT}.")
         if check_sizes:
           image_hw, mask_hw = images_lib.image_size(path), images_lib.image_size(mask)
           if image_hw != mask_hw:

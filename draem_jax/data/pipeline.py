@@ -87,6 +87,21 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
+  fraction = data.get("validation_fraction", 0.0)
+  if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
+      or not 0.0 <= fraction < 1.0):
+    raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 1): the share of "
+                      "train/good held out to choose the thresholds (0 = train on all of it).")
+  min_images = data.get("validation_min_images", 1)
+  if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+    raise ConfigError(f"data.validation_min_images={min_images!r} must be a positive integer.")
+  pattern = data.get("mask_pattern", folder_lib.DEFAULT_MASK_PATTERN)
+  mask_root = str(data.get("mask_root", ""))
+  if data.source == "mvtec" and (pattern != folder_lib.DEFAULT_MASK_PATTERN or mask_root):
+    raise ConfigError(f"data.mask_pattern={pattern!r} / data.mask_root={mask_root!r} apply to "
+                      "data.source='folder' only: MVTec AD's masks are always "
+                      f"ground_truth/<defect>/{folder_lib.DEFAULT_MASK_PATTERN}.")
+  folder_lib.check_mask_pattern(pattern)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -118,21 +133,114 @@ def _root(config: ml_collections.ConfigDict) -> Path:
   return Path(os.path.expandvars(str(config.data.root))).expanduser()
 
 
+def num_validation_images(num_images: int, config: ml_collections.ConfigDict) -> int:
+  """How many of `num_images` training images the validation split holds out.
+
+  round(data.validation_fraction * num_images), at least data.validation_min_images; 0 when
+  the fraction is 0.
+  """
+  fraction = float(config.data.get("validation_fraction", 0.0))
+  if fraction == 0.0:
+    return 0
+  return max(int(config.data.get("validation_min_images", 1)), round(fraction * num_images))
+
+
+def holdout_indices(num_images: int, config: ml_collections.ConfigDict,
+                    process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """The training and validation indices into the sorted training images.
+
+  The validation images are spread evenly over the file-name order (the middle image of each
+  of `n` equal runs), so that a folder filled over time, or by several cameras named in
+  sequence, is sampled throughout. The split depends only on the number of images and the
+  data.validation_* fields: a resumed run, evaluate.py and predict.py find the same one.
+
+  Args:
+    num_images: training images before the split (all of train/good or train_list).
+    config: the experiment config (data.validation_fraction, data.validation_min_images).
+    process_count: processes that will share the training images (each needs one).
+
+  Returns:
+    (train, validation): sorted int64 index arrays, disjoint, together range(num_images).
+
+  Raises:
+    DataError: the split would leave fewer than `process_count` (at least 1) training images.
+  """
+  n = num_validation_images(num_images, config)
+  if num_images - n < max(1, process_count):
+    raise DataError(
+        f"data.validation_fraction={config.data.validation_fraction} holds out {n} of the "
+        f"{num_images} training images (at least data.validation_min_images="
+        f"{config.data.validation_min_images}), leaving too few to train on; add images, or "
+        "lower data.validation_fraction / data.validation_min_images (0 = no validation split).")
+  validation = np.floor((np.arange(n) + 0.5) * num_images / max(n, 1)).astype(np.int64)
+  train = np.setdiff1d(np.arange(num_images, dtype=np.int64), validation)
+  return train, validation
+
+
+class SubsetSplit:
+  """The samples `indices` of a split reader, in that order (the reader's interface)."""
+
+  def __init__(self, reader, indices: np.ndarray):
+    self.base, self.indices = reader, np.asarray(indices, np.int64)
+    self.has_masks = reader.has_masks
+    self.labels = np.asarray(reader.labels)[self.indices]
+    self.defect_types = [reader.defect_types[i] for i in self.indices]
+    self.file_names = [reader.file_names[i] for i in self.indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def name(self, index: int) -> str:
+    return self.base.name(int(self.indices[index]))
+
+  def read(self, index: int):
+    return self.base.read(int(self.indices[index]))
+
+
+def has_validation_split(config: ml_collections.ConfigDict) -> bool:
+  """Whether part of train/good is held out for the thresholds (data.validation_fraction > 0)."""
+  return float(config.data.get("validation_fraction", 0.0)) > 0.0
+
+
+def _test_scan_args(config: ml_collections.ConfigDict) -> dict[str, str]:
+  return {"mask_pattern": config.data.get("mask_pattern", folder_lib.DEFAULT_MASK_PATTERN),
+          "mask_root": str(config.data.get("mask_root", ""))}
+
+
 def open_split(config: ml_collections.ConfigDict, split: str):
   """Random access to the encoded samples of a split, in their stable sorted order.
 
-  For data.source="mvtec" the category is prepared into ArrayRecord first if needed.
+  For data.source="mvtec" the category is prepared into ArrayRecord first if needed. With
+  data.validation_fraction > 0, "train" holds only the training part of train/good and
+  "validation" the held-out part (`holdout_indices`): the training pipeline cannot see a
+  validation image because its reader does not contain one.
 
   Args:
     config: the experiment config.
-    split: "train" or "test".
+    split: "train", "validation" or "test".
 
   Returns:
     `mvtec.PreparedSplit` or `folder.FolderSplit`: len(), read(i) -> (image, mask or None)
     as path or encoded bytes, name(i), labels, defect_types, file_names, has_masks.
   """
   _check_config(config)
+  if split not in ("train", "validation", "test"):
+    raise ValueError(f"split={split!r} must be 'train', 'validation' or 'test'.")
   category = _single_category(config)
+  if split in ("train", "validation"):
+    if split == "validation" and not has_validation_split(config):
+      raise ConfigError("data.validation_fraction=0: there is no validation split; set it to "
+                        "e.g. 0.1 to hold out part of train/good.")
+    reader = _open_encoded(config, category, "train")
+    if not has_validation_split(config):
+      return reader
+    train, validation = holdout_indices(len(reader), config)
+    return SubsetSplit(reader, train if split == "train" else validation)
+  return _open_encoded(config, category, "test")
+
+
+def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
+  """The whole "train" or "test" split as stored (no validation hold-out)."""
   if config.data.source == "mvtec":
     mvtec_lib.prepare(category, _root(config), _tfds_data_dir(config))
     return mvtec_lib.PreparedSplit(category, _tfds_data_dir(config), split)
@@ -142,7 +250,7 @@ def open_split(config: ml_collections.ConfigDict, split: str):
                     f"{folder_lib.LAYOUT}.")
   if split == "train":
     return folder_lib.FolderSplit(folder_lib.scan_train(root, _train_list(config)))
-  test = folder_lib.scan_test(root)
+  test = folder_lib.scan_test(root, **_test_scan_args(config))
   return folder_lib.FolderSplit(test.samples, test.has_masks)
 
 
@@ -164,11 +272,13 @@ def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_tes
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
-  """Training images of the whole data set (all processes together); no decoding."""
+  """Training images of the whole data set (all processes together), without the validation
+  images; no decoding."""
   _check_config(config)
   category = _single_category(config)
   if config.data.source == "mvtec":
-    return _mvtec_num_train(config, category, check_test=False)
+    total = _mvtec_num_train(config, category, check_test=False)
+    return len(holdout_indices(total, config)[0])
   return len(open_split(config, "train"))
 
 
@@ -199,7 +309,8 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
                         f"{folder_lib.LAYOUT}.")
       num_train = len(folder_lib.scan_train(root, _train_list(config)))
       if require_test:
-        folder_lib.scan_test(root)
+        folder_lib.scan_test(root, **_test_scan_args(config))
+    num_train = len(holdout_indices(num_train, config, process_count)[0])
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")
@@ -306,6 +417,8 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 
 
 def _reader_key(config: ml_collections.ConfigDict, reader, split: str) -> tuple:
+  if isinstance(reader, SubsetSplit):
+    return _reader_key(config, reader.base, split) + (tuple(reader.indices.tolist()),)
   if isinstance(reader, mvtec_lib.PreparedSplit):
     return ("mvtec", _tfds_data_dir(config), config.data.category, split)
   return ("folder", split, tuple(reader.read(i)[0] for i in range(len(reader))))
@@ -397,6 +510,29 @@ def _train_sources(config: ml_collections.ConfigDict, cache: bool):
   return images, textures
 
 
+def validation_sources(config: ml_collections.ConfigDict
+                       ) -> tuple[np.ndarray, list[str], list[str]]:
+  """The held-out validation images, decoded, and the texture paths (see `open_split`).
+
+  Returns:
+    images: uint8 (N, S, S, 3), S = data.image_size, in file-name order (cached in memory);
+    file_names: (N,) their names relative to the data root;
+    texture_paths: every anomaly-source texture file, sorted.
+  """
+  size = config.data.image_size
+  reader = open_split(config, "validation")
+  images = _TrainImages(reader, size)
+  decoded = _cached(_reader_key(config, reader, "validation") + (size,),
+                    lambda: _decode_all(images, "validation images"))
+  return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
+
+
+def load_textures(paths: list[str], size: int) -> np.ndarray:
+  """uint8 (len(paths), size, size, 3): textures decoded and resized as for training."""
+  table = _Textures(list(paths), size)
+  return np.stack([table[i] for i in range(len(table))])
+
+
 def make_train_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
                        process_count: int = 1, cache: bool | None = None,
                        num_workers: int | None = None) -> grain.IterDataset:
@@ -428,8 +564,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, process_index: int 
   # batches. All of it is index arithmetic; each process then LOADS only its rows
   # [p*b, (p+1)*b) of every global batch. So the global batch is a function of (seed, step)
   # alone (P processes x D devices trains like 1 process x P*D devices), the processes see
-  # disjoint parts of the images within an epoch, and a resume on another process count
-  # re-splits the same stream. The seed is the one single-process runs always used.
+  # disjoint parts of the images within an epoch, and another process count would see the same
+  # stream re-split (checkpointing still refuses such a resume). The seed is the one single-process runs always used.
   seed = int(np.random.SeedSequence([config.train.seed, 0]).generate_state(1)[0])
   ds = grain.MapDataset.range(len(images)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(_DrawTexture(len(textures)))

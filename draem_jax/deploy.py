@@ -1,0 +1,128 @@
+"""Scores images with an exported ONNX model; needs only numpy, Pillow and onnxruntime.
+
+  python -m draem_jax.deploy --model model.onnx --images 'parts/*.png' --out predictions/
+
+Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
+the training images were, and writes what predict.py writes: `scores.csv`, `scores.json` and
+one overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
+resolution). Imports no JAX module (tests check `sys.modules`).
+"""
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from draem_jax import fileio
+from draem_jax import image_io
+from draem_jax import visualize
+from draem_jax.errors import ConfigError, DataError
+
+
+def find_images(spec: str) -> list[Path]:
+  """Image files named by a file, a folder (searched recursively) or a glob pattern."""
+  path = Path(spec).expanduser()
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = sorted(p for p in path.rglob("*") if p.is_file() and image_io.is_image_file(p))
+  else:
+    found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                   if Path(p).is_file() and image_io.is_image_file(p))
+  if not found:
+    raise DataError(f"--images {spec!r} matches no image file: give a file, a folder or a "
+                    "quoted glob such as 'parts/*.png'.")
+  return found
+
+
+class Model:
+  """An exported model: the onnxruntime session and its metadata JSON."""
+
+  def __init__(self, path: str | Path, threshold: float | None = None):
+    import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file():
+      raise DataError(f"--model {path} does not exist; write it with export.py.")
+    if not meta_path.is_file():
+      raise DataError(f"{meta_path} (written by export.py beside the ONNX file) is missing.")
+    self.meta = json.loads(meta_path.read_text())
+    try:
+      self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # pylint: disable=broad-except  # onnxruntime's own error types.
+      raise DataError(f"--model {path} is not a readable ONNX model ({e}); export it again "
+                      "with export.py.") from e
+    self.size = int(self.meta["image_size"])
+    self.threshold = self.meta.get("image_threshold") if threshold is None else threshold
+    if self.threshold is None:
+      raise ConfigError(f"{meta_path} holds no image_threshold (evaluate.py was not run "
+                        "before export.py): pass --threshold.")
+    self.pixel_threshold = float(self.meta.get("pixel_threshold", 0.5))
+
+  def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,)."""
+    if batch.ndim != 4 or batch.shape[1:] != (self.size, self.size, 3):
+      raise DataError(f"images must be (N, {self.size}, {self.size}, 3) RGB, got "
+                      f"{batch.shape}; resize with draem_jax.image_io.resize_bilinear.")
+    maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
+    return maps, scores
+
+
+def score_images(model: Model, paths: list[Path], out_dir: Path,
+                 write_overlays: bool = True) -> list[dict]:
+  """Scores `paths` one by one; writes overlays, scores.csv and scores.json like predict.py."""
+  records, seen = [], {}
+  for path in paths:
+    image = image_io.load_image(path)
+    x = image_io.resize_bilinear(image, model.size)[None].astype(np.float32) / 255.0
+    maps, scores = model(x)
+    score = float(scores[0])
+    anomalous = bool(score >= model.threshold)
+    records.append({"file": str(path), "score": score, "threshold": float(model.threshold),
+                    "anomalous": anomalous})
+    if write_overlays:
+      count = seen.get(path.stem, 0)
+      seen[path.stem] = count + 1
+      name = f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png"
+      full_map = image_io.resize_bilinear(maps[0].astype(np.float32), image.shape[:2])
+      picture = visualize.panel(
+          image, np.clip(full_map, 0.0, 1.0), model.pixel_threshold,
+          title=f"{path.name}  score {score:.3f}  "
+                f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {model.threshold:.3f})")
+      visualize.save_png(out_dir / name, picture)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=["file", "score", "threshold", "anomalous"])
+  writer.writeheader()
+  writer.writerows(records)
+  fileio.atomic_write_text(out_dir / "scores.csv", buf.getvalue())
+  fileio.atomic_write_json(out_dir / "scores.json", records)
+  return records
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", required=True, help="model.onnx written by export.py")
+  parser.add_argument("--images", required=True, help="an image, a folder or a quoted glob")
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--threshold", type=float, default=None)
+  parser.add_argument("--no_overlays", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    model = Model(args.model, args.threshold)
+    records = score_images(model, find_images(args.images), Path(args.out),
+                           not args.no_overlays)
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{len(records)} images scored, {sum(r['anomalous'] for r in records)} anomalous "
+        f"-> {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

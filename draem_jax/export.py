@@ -1,0 +1,136 @@
+"""Exporting a trained run for deployment: ONNX, a serialized `jax.export` module, metadata.
+
+The exported function is the run's inference exactly as `evaluation.make_predict_fn` computes
+it, with the checkpoint's variables baked in as constants:
+
+  image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size
+    -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class,
+       score (N,) float32, max of the eval.mean_filter_size mean-filtered map.
+
+The ONNX file is produced by jax2onnx from the traced JAX function (no hand-written graph);
+the StableHLO artifact by `jax.export`. Beside them a JSON file says what a deployer needs.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from draem_jax import evaluation
+from draem_jax import fileio
+from draem_jax import inference
+from draem_jax.errors import ConfigError
+
+ONNX_OPSET = 23
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+DYNAMIC_BATCH = "dynamic"
+
+
+def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
+  """The decision thresholds a deployment uses, and where they come from.
+
+  Returns:
+    {'image_threshold': float or None, 'pixel_threshold': float, 'threshold_source': str}.
+    Today the image threshold is the test-split F1-max threshold that evaluate.py wrote for
+    this checkpoint; without it, None (the deployer must choose one). The pixel threshold
+    falls back to 0.5 as predict.py does.
+  """
+  found = inference.eval_thresholds(workdir, step)
+  source = ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
+            else "none: run evaluate.py or choose a threshold")
+  return {"image_threshold": found.get("f1_threshold"),
+          "pixel_threshold": found.get("pixel_f1_threshold", 0.5),
+          "threshold_source": source}
+
+
+def make_inference_fn(run: inference.LoadedRun):
+  """`f(image) -> (anomaly_map, score)` with the run's variables as host constants."""
+  variables = jax.device_get(run.variables)
+  predict = evaluation.make_predict_fn(run.model, run.config.eval.mean_filter_size)
+
+  def infer(image):
+    return predict(variables, image.astype(jnp.float32))
+
+  return infer
+
+
+def _batch_dim(batch: int | str) -> int | str:
+  if batch == DYNAMIC_BATCH:
+    return "N"
+  try:
+    value = int(batch)
+  except (TypeError, ValueError):
+    value = 0
+  if value <= 0:
+    raise ConfigError(f"--batch={batch!r} must be a positive integer or 'dynamic'.")
+  return value
+
+
+def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
+               step: int | None = None, batch: int | str = DYNAMIC_BATCH) -> dict[str, Path]:
+  """Writes `<out>` (ONNX), `<out stem>.jax_export` (StableHLO) and `<out stem>.json`.
+
+  Args:
+    workdir: a folder written by train.py.
+    out: the ONNX file (default: <workdir>/export/<step>/model.onnx).
+    step: checkpoint step (default: newest).
+    batch: a fixed batch size N, or 'dynamic' for a symbolic batch dimension.
+
+  Returns:
+    {'onnx', 'jax_export', 'metadata'}: the paths written.
+  """
+  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top  # Export-only dependency.
+
+  workdir = Path(workdir).expanduser()
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
+  batch_dim = _batch_dim(batch)
+  run = inference.load_run(workdir, step)
+  size = int(run.config.data.image_size)
+  out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
+  infer = make_inference_fn(run)
+
+  proto = to_onnx(infer, inputs=[(batch_dim, size, size, 3)], opset=ONNX_OPSET,
+                  model_name="draem", input_names=[INPUT_NAME],
+                  output_names=list(OUTPUT_NAMES))
+  paths = {"onnx": fileio.atomic_write_bytes(out, proto.SerializeToString())}
+
+  if batch_dim == "N":
+    (n,) = jax.export.symbolic_shape("N")
+  else:
+    n = batch_dim
+  exported = jax.export.export(jax.jit(infer))(
+      jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32))
+  paths["jax_export"] = fileio.atomic_write_bytes(out.with_suffix(".jax_export"),
+                                                  bytes(exported.serialize()))
+
+  metadata = {
+      "format": "draem-jax onnx export",
+      "category": str(run.config.data.category),
+      "checkpoint_step": run.step,
+      "workdir": str(workdir.absolute()),
+      "input": {"name": INPUT_NAME, "shape": [batch_dim if batch_dim != "N" else None,
+                                              size, size, 3],
+                "dtype": "float32", "layout": "NHWC", "channel_order": "RGB",
+                "value_range": [0.0, 1.0],
+                "resize": "bilinear, half-pixel centres, no antialiasing (OpenCV INTER_LINEAR)"},
+      "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
+                  "score": f"float32 (N,), max of the {run.config.eval.mean_filter_size}x"
+                           f"{run.config.eval.mean_filter_size} mean-filtered map"},
+      "image_size": size,
+      "mean_filter_size": int(run.config.eval.mean_filter_size),
+      "onnx_opset": ONNX_OPSET,
+      **deploy_thresholds(workdir, run.step),
+  }
+  paths["metadata"] = fileio.atomic_write_json(out.with_suffix(".json"), metadata)
+  return paths
+
+
+def load_jax_export(path: str | os.PathLike):
+  """The `jax.export.Exported` module in a `.jax_export` file; call it with `.call(images)`."""
+  return jax.export.deserialize(bytearray(Path(path).read_bytes()))

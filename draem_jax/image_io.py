@@ -1,0 +1,221 @@
+"""Image decoding and resizing on the host (numpy + Pillow; no TensorFlow, no OpenCV).
+
+Every image that enters draem-jax goes through `decode_image`: whatever the file holds
+(RGB, RGBA, palette, grayscale, 16-bit, an EXIF-rotated JPEG) comes out as uint8 RGB, because
+MVTec AD mixes RGB and grayscale categories and DRAEM works on three channels (DRAEM_SPEC 4).
+
+`resize_bilinear` reproduces OpenCV's `cv2.resize(..., INTER_LINEAR)`, which the reference
+implementation uses for images and ground-truth masks: separable linear interpolation with
+half-pixel centres (`src = (dst + 0.5) * in / out - 0.5`), edge pixels replicated and NO
+antialiasing when shrinking. Pillow's `Image.resize(BILINEAR)` widens its kernel when shrinking
+(antialiasing) and would give softer images and masks than the published protocol.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from draem_jax.errors import DataError
+
+# File name endings (compared case-insensitively) that are treated as images; any other file
+# (licence texts, .DS_Store, notes) in a data folder is ignored.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Images are passed around either as a path or as the encoded file bytes (TFDS records).
+ImageData = Union[str, os.PathLike, bytes]
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+  """True for a visible file whose name ends in one of IMAGE_EXTENSIONS (any case).
+
+  Hidden files are skipped: macOS leaves `._name.png` resource forks beside real images.
+  """
+  name = os.path.basename(os.fspath(path))
+  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _open(data: ImageData, name: str) -> Image.Image:
+  try:
+    image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    image.load()
+  except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    if isinstance(data, (str, os.PathLike)) and not os.path.exists(data):
+      raise DataError(f"Image file {name} does not exist.") from e
+    raise DataError(
+        f"Cannot read image {name}: {e}. Replace or delete the file (expected a readable "
+        f"{'/'.join(x[1:] for x in IMAGE_EXTENSIONS)} image).") from e
+  # Photos from cameras store their rotation in EXIF; apply it so predictions line up with
+  # what image viewers show. MVTec AD PNGs carry no such tag.
+  if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+    image = ImageOps.exif_transpose(image)
+  return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+  """Maps 16/32-bit integer and float pixels into uint8 (full-range scaling, not clipping)."""
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == bool:
+    return array.astype(np.uint8) * 255
+  if np.issubdtype(array.dtype, np.floating):
+    # Float images are either in [0, 1] or already on the 8-bit scale.
+    scale = 255.0 if float(np.nanmax(array, initial=0.0)) <= 1.0 else 1.0
+    return np.clip(np.rint(np.nan_to_num(array) * scale), 0, 255).astype(np.uint8)
+  # Integer images wider than 8 bits: 16-bit PNG/TIFF (Pillow modes I;16*, I). Values above
+  # 255 mean a 16-bit range; 0..65535 maps to 0..255 by dividing by 257.
+  if int(array.max(initial=0)) > 255:
+    return np.clip(np.rint(array.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+  return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+  """uint8 (H, W, 3) from any Pillow mode; grayscale is repeated, alpha is dropped."""
+  if image.mode in ("RGB", "L", "1", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX"):
+    gray = image.mode in ("L", "1")
+    array = np.asarray(image.convert("L" if gray else "RGB"))
+  else:  # I;16, I;16B, I;16L, I, F and friends: numpy handles the bit depth.
+    array = _to_uint8(np.asarray(image))
+    if array.ndim == 3:
+      array = array[..., :3]
+  if array.ndim == 2:
+    array = np.repeat(array[..., None], 3, axis=-1)
+  elif array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  return np.ascontiguousarray(array)
+
+
+def decode_image(data: ImageData, name: str | None = None) -> np.ndarray:
+  """Decodes an image file (path or encoded bytes) to uint8 RGB.
+
+  Args:
+    data: a path, or the encoded bytes of a PNG/JPEG/BMP/TIFF file.
+    name: how to refer to the image in error messages (default: the path).
+
+  Returns:
+    uint8 array (H, W, 3) at the file's resolution.
+
+  Raises:
+    DataError: the file is missing, unreadable or not an image; the message names it.
+  """
+  name = name or (os.fspath(data) if not isinstance(data, bytes) else "<bytes>")
+  with _open(data, name) as image:
+    return _to_rgb(image)
+
+
+def decode_mask(data: ImageData, name: str | None = None) -> np.ndarray:
+  """Decodes a ground-truth mask file to a 0/1 uint8 array.
+
+  MVTec AD masks hold 0 and 255; masks written as 0/1 are accepted too. A mask whose maximum
+  is above 1 is split at 128 (robust to slightly lossy masks); otherwise any non-zero pixel is
+  defective. Colour masks count a pixel as defective if any channel does.
+
+  Args:
+    data: a path, or the encoded bytes of the mask file.
+    name: how to refer to the mask in error messages (default: the path).
+
+  Returns:
+    uint8 array (H, W) of 0 and 1.
+  """
+  name = name or (os.fspath(data) if not isinstance(data, bytes) else "<bytes>")
+  with _open(data, name) as image:
+    if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
+      image = image.convert("RGB")
+    array = np.asarray(image)
+  if array.ndim == 3:
+    array = array[..., :3].max(axis=-1)
+  array = _to_uint8(array) if array.dtype != bool else array.astype(np.uint8)
+  threshold = 128 if int(array.max(initial=0)) > 1 else 1
+  return (array >= threshold).astype(np.uint8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+  """(height, width) of an image file, read from its header only (no pixel decoding).
+
+  Raises:
+    DataError: the file cannot be opened as an image.
+  """
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    raise DataError(f"Cannot read image {path}: {e}. Replace or delete the file.") from e
+  return height, width
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices (i0, i1) and weight of i1 for OpenCV INTER_LINEAR along one axis."""
+  src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+  # Outside the outermost pixel centres OpenCV replicates the edge pixel.
+  src = np.clip(src, 0.0, n_in - 1)
+  i0 = np.floor(src).astype(np.int64)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  return i0, i1, (src - i0).astype(np.float32)
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  height, width = size
+  return int(height), int(width)
+
+
+def resize_bilinear(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+  """Bilinear resize with OpenCV INTER_LINEAR semantics (half-pixel centres, no antialiasing).
+
+  Args:
+    array: (H, W) or (H, W, C) array, uint8 or floating point.
+    size: output side (square) or (height, width).
+
+  Returns:
+    (h, w) or (h, w, C) array. uint8 input gives uint8 output rounded to nearest (OpenCV's
+    fixed-point arithmetic can differ from this by 1 level); float input gives float32 output
+    without rounding, which is what the ground-truth masks need (DRAEM_SPEC 5).
+  """
+  out_h, out_w = _size_hw(size)
+  in_h, in_w = array.shape[:2]
+  if (in_h, in_w) == (out_h, out_w):
+    return array.copy() if array.dtype == np.uint8 else array.astype(np.float32)
+  y0, y1, wy = _linear_taps(in_h, out_h)
+  x0, x1, wx = _linear_taps(in_w, out_w)
+  extra = (None,) * (array.ndim - 2)
+  # Rows first, then columns: both passes touch only the two source taps of each output.
+  top = array[y0].astype(np.float32)
+  rows = top + (array[y1].astype(np.float32) - top) * wy[(slice(None), None) + extra]
+  left = rows[:, x0]
+  out = left + (rows[:, x1] - left) * wx[(None, slice(None)) + extra]
+  if array.dtype == np.uint8:
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return out.astype(np.float32)
+
+
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None
+               ) -> np.ndarray:
+  """Reads any user image as uint8 RGB, optionally resized the way training images are.
+
+  Accepts any resolution and RGB, RGBA, palette, grayscale or 16-bit files (used by predict.py
+  on new images).
+
+  Args:
+    path: the image file.
+    size: None keeps the original resolution; an int (square side) or (height, width) resizes
+      bilinearly exactly as the training and test images are.
+
+  Returns:
+    uint8 array (H, W, 3), or (size, size, 3).
+
+  Raises:
+    DataError: the file is missing or cannot be decoded; the message names it.
+  """
+  path = Path(path).expanduser()
+  if path.is_dir():
+    raise DataError(f"{path} is a folder; load_image expects an image file.")
+  image = decode_image(path)
+  return image if size is None else resize_bilinear(image, size)

@@ -1,0 +1,111 @@
+"""Export of a trained run: ONNX and jax.export give the JAX predict function's outputs."""
+
+import json
+
+import jax
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import helpers
+from draem_jax import config_lib, evaluation, export, inference, trainer
+from draem_jax.data import images as images_lib
+
+BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("export_run")
+  config = helpers.tiny_config()
+  config.train.num_steps = 2
+  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.eval.write_overlays = False
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _bottle_batch(size, names):
+  paths = [BOTTLE / "test" / "broken_large" / n for n in names]
+  return np.stack([images_lib.load_image(p, size) for p in paths]).astype(np.float32) / 255.0
+
+
+def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
+  paths = export.export_run(trained_workdir, tmp_path / "m.onnx")
+  meta = json.loads(paths["metadata"].read_text())
+  saved = json.loads((trained_workdir / "eval" / "2" / "metrics.json").read_text())
+  assert meta["image_size"] == 32 and meta["checkpoint_step"] == 2
+  assert meta["category"] == "bottle" and meta["input"]["channel_order"] == "RGB"
+  assert meta["image_threshold"] == pytest.approx(saved["f1_threshold"])
+  assert meta["pixel_threshold"] == pytest.approx(saved["pixel_f1_threshold"])
+  run = inference.load_run(trained_workdir)
+  predict = jax.jit(evaluation.make_predict_fn(run.model, run.config.eval.mean_filter_size))
+  session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+  exported = export.load_jax_export(paths["jax_export"])
+  for names in (["000.png"], ["001.png", "002.png", "003.png"]):
+    x = _bottle_batch(32, names)
+    want_maps, want_scores = (np.asarray(a) for a in predict(jax.device_get(run.variables), x))
+    maps, scores = session.run(None, {"image": x})
+    assert maps.shape == (len(names), 32, 32) and scores.shape == (len(names),)
+    np.testing.assert_allclose(maps, want_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-4, rtol=0)
+    jmaps, jscores = (np.asarray(a) for a in exported.call(x))
+    np.testing.assert_allclose(jmaps, want_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(jscores, want_scores, atol=1e-4, rtol=0)
+
+
+def test_export_errors(tmp_path):
+  config_lib.save_config(helpers.tiny_config(), tmp_path)
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    export.export_run(tmp_path)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    export.export_run(tmp_path / "missing")
+  with pytest.raises(export.ConfigError, match="--batch"):
+    export.export_run(tmp_path, batch="zero")
+
+
+def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
+  import csv
+  import subprocess
+  import sys
+  from draem_jax import deploy
+  paths = export.export_run(trained_workdir, tmp_path / "m.onnx", batch=1)
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  for name in ("000.png", "001.png"):
+    (inputs / name).write_bytes((BOTTLE / "test" / "broken_large" / name).read_bytes())
+  (inputs / "good.png").write_bytes((BOTTLE / "test" / "good" / "000.png").read_bytes())
+  inference.predict_images(trained_workdir, str(inputs), tmp_path / "pred",
+                           write_overlays=False)
+  code = ("import sys; from draem_jax import deploy; "
+          f"rc = deploy.main(['--model', r'{paths['onnx']}', '--images', r'{inputs}', "
+          f"'--out', r'{tmp_path / 'dep'}']); "
+          "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
+          "print('JAXMODULES', bad); sys.exit(rc)")
+  done = subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "JAXMODULES []" in done.stdout
+  read = lambda p: list(csv.DictReader(open(p)))
+  want, got = read(tmp_path / "pred" / "scores.csv"), read(tmp_path / "dep" / "scores.csv")
+  assert [r["file"] for r in got] == [r["file"] for r in want]
+  for g, w in zip(got, want):
+    assert float(g["score"]) == pytest.approx(float(w["score"]), abs=1e-4)
+    assert g["threshold"] == w["threshold"]
+    # A tiny model trained 2 steps scores every image about equally, right at its F1-max
+    # threshold: there the decision follows float32 rounding (1e-7), elsewhere it must agree.
+    if abs(float(w["score"]) - float(w["threshold"])) > 1e-5:
+      assert g["anomalous"] == w["anomalous"], (g, w)
+    assert (g["anomalous"] == "True") == (float(g["score"]) >= float(g["threshold"]))
+  assert (tmp_path / "dep" / "000.png").is_file()
+
+  model = deploy.Model(paths["onnx"])
+  with pytest.raises(deploy.DataError, match="must be"):
+    model(np.zeros((1, 64, 64, 3), np.float32))
+  with pytest.raises(deploy.DataError, match="must be"):
+    model(np.zeros((1, 32, 32, 1), np.float32))
+  corrupt = tmp_path / "corrupt.onnx"
+  corrupt.write_bytes(paths["onnx"].read_bytes()[:1000])
+  corrupt.with_suffix(".json").write_text(paths["metadata"].read_text())
+  with pytest.raises(deploy.DataError, match="not a readable ONNX"):
+    deploy.Model(corrupt)

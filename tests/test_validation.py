@@ -1,0 +1,215 @@
+"""Normal-only workflow: the held-out validation split, its thresholds, normalised scores, and
+folder mask-name patterns."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+from PIL import Image
+
+import helpers
+from draem_jax import evaluation
+from draem_jax import metrics
+from draem_jax import trainer
+from draem_jax import validation
+from draem_jax.data import folder
+from draem_jax.data import pipeline
+from draem_jax.errors import ConfigError, DataError
+
+
+def _distinct_folder(root, n=12, size=32):
+  """train/good of n images, each a different flat colour (so a batch row names its image)."""
+  good = root / "train" / "good"
+  good.mkdir(parents=True)
+  for i in range(n):
+    Image.fromarray(np.full((size, size, 3), 10 + 20 * i, np.uint8)).save(good / f"{i:03d}.png")
+  return root
+
+
+def _folder_config(tmp_path, n=12, fraction=0.25):
+  config = helpers.tiny_config(_distinct_folder(tmp_path / "data", n),
+                               helpers.make_textures(tmp_path / "tex"), source="folder")
+  config.data.category = "parts"
+  config.data.validation_fraction = fraction
+  return config
+
+
+def test_validation_images_never_reach_training(tmp_path):
+  config = _folder_config(tmp_path)
+  train, held_out = pipeline.holdout_indices(12, config)
+  assert held_out.tolist() == [1, 4, 7, 10]  # Evenly spread over the file-name order.
+  assert sorted(train.tolist() + held_out.tolist()) == list(range(12))
+  assert pipeline.num_train_examples(config) == 8
+  train_names = pipeline.open_split(config, "train").file_names
+  val_names = pipeline.open_split(config, "validation").file_names
+  assert val_names == [f"train/good/{i:03d}.png" for i in (1, 4, 7, 10)]
+  assert not set(train_names) & set(val_names) and len(train_names) == 8
+  # Three epochs of the real pipeline: every row is a training image, each flat colour
+  # 10 + 20 i names image i.
+  it = pipeline.make_train_iterator(config)
+  seen = {int((batch["image"][j, 0, 0, 0] - 10) // 20) for batch in (next(it) for _ in range(6))
+          for j in range(4)}
+  assert seen == set(train.tolist())
+  # At least validation_min_images, and never all of the images.
+  config.data.validation_fraction = 0.01
+  assert pipeline.num_validation_images(12, config) == 4
+  config.data.validation_min_images = 12
+  with pytest.raises(DataError, match="data.validation_fraction=0.01 holds out 12 of the 12"):
+    pipeline.validate_data_config(config, require_test=False)
+  config.data.validation_fraction = 1.0
+  with pytest.raises(ConfigError, match=r"data.validation_fraction=1.0 must be in \[0, 1\)"):
+    pipeline.validate_data_config(config, require_test=False)
+
+
+def test_thresholds_normalisation_and_metrics_against_references():
+  rng = np.random.default_rng(3)
+  labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+  scores = rng.random(40) + 0.5 * labels
+  masks = np.zeros((40, 8, 8))
+  masks[20:, 2:5, 2:5] = 1
+  maps = rng.random((40, 8, 8)) * 0.6 + 0.4 * masks
+  chosen = validation.choose_thresholds(labels, scores, masks, maps, method="f1")
+  assert chosen["image_threshold"] == metrics.f1_max(labels, scores)[1]
+  assert chosen["pixel_threshold"] == metrics.f1_max(masks > 0.5, maps)[1]
+  # Normalised: the threshold at 0.5, order kept, decisions unchanged.
+  norm = validation.normalize(chosen, scores)
+  assert validation.normalize(chosen, np.float64(chosen["image_threshold"])) == 0.5
+  order = np.argsort(scores)
+  assert np.all(np.diff(norm[order]) >= 0) and norm.min() >= 0 and norm.max() <= 1
+  assert np.array_equal(norm >= 0.5, scores >= chosen["image_threshold"])
+  # A chosen false-positive rate on the normal images: at most floor(0.1 * 20) = 2 of them.
+  by_fpr = validation.choose_thresholds(labels, scores, masks, maps, method="fpr",
+                                        target_fpr=0.1)
+  assert np.sum(scores[:20] >= by_fpr["image_threshold"]) == 2
+  assert np.sum(scores[:20] >= np.sort(scores[:20])[-3]) == 3  # The next score would be a 3rd.
+  assert np.mean(maps[:20] >= by_fpr["pixel_threshold"]) <= 0.1
+  # Sensitivity: higher flags more, in normalised units the boundary moves by s - 0.5.
+  high = validation.with_sensitivity(chosen, 0.7)
+  span = chosen["image_max"] - chosen["image_min"]
+  assert high["image_threshold"] == pytest.approx(chosen["image_threshold"] - 0.2 * span)
+  assert validation.normalize(chosen, np.float64(high["image_threshold"])) == pytest.approx(0.3)
+  with pytest.raises(ConfigError, match="sensitivity=1.0"):
+    validation.with_sensitivity(chosen, 1.0)
+  # Test-split metrics at a given threshold, against sklearn.
+  got = evaluation.threshold_metrics(labels, scores, masks > 0.5, maps, chosen)
+  predicted = scores >= chosen["image_threshold"]
+  assert got["image_precision"] == pytest.approx(skm.precision_score(labels, predicted))
+  assert got["image_recall"] == pytest.approx(skm.recall_score(labels, predicted))
+  assert got["image_f1"] == pytest.approx(skm.f1_score(labels, predicted))
+  assert got["image_accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+  pixel_pred = (maps >= chosen["pixel_threshold"]).ravel()
+  assert got["pixel_f1"] == pytest.approx(skm.f1_score(masks.ravel() > 0.5, pixel_pred))
+
+
+def _mask_layout(root, pattern, mask_root):
+  for i in range(3):
+    Image.fromarray(np.full((24, 32, 3), 50 * i, np.uint8)).save(
+        _mkdir(root / "train" / "good") / f"{i}.png")
+  Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(_mkdir(root / "test" / "good") / "g.png")
+  for stem in ("a", "b"):
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(_mkdir(root / "test" / "ko") /
+                                                           f"{stem}.bmp")
+    mask = np.zeros((24, 32), np.uint8)
+    mask[2:6, 3:9] = 255
+    Image.fromarray(mask).save(_mkdir(mask_root / "ko") / pattern.format(stem=stem))
+
+
+def _mkdir(path):
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+@pytest.mark.parametrize("pattern,separate_root", [("{stem}_mask.png", False),
+                                                   ("{stem}.png", True),
+                                                   ("{stem}_label.bmp", True)])
+def test_mask_name_patterns(tmp_path, pattern, separate_root):
+  root = tmp_path / "data"
+  mask_root = tmp_path / "masks" if separate_root else root / "ground_truth"
+  _mask_layout(root, pattern, mask_root)
+  config = helpers.tiny_config(root, helpers.make_textures(tmp_path / "tex"), source="folder")
+  config.data.mask_pattern = pattern
+  config.data.mask_root = str(mask_root) if separate_root else ""
+  config.eval.batch_size = 4
+  pipeline.validate_data_config(config)
+  ev = pipeline.make_eval_dataset(config)
+  assert ev.has_masks and list(ev.file_names) == ["test/good/g.png", "test/ko/a.bmp",
+                                                  "test/ko/b.bmp"]
+  batch = next(iter(ev))
+  assert batch["mask"][0].max() == 0 and batch["mask"][1].max() == 1.0
+  # A mask that matches no image is named in the error.
+  orphan = mask_root / "ko" / pattern.format(stem="zz")
+  shutil.copy(mask_root / "ko" / pattern.format(stem="a"), orphan)
+  with pytest.raises(DataError, match=rf"Mask {orphan} matches no image"):
+    pipeline.validate_data_config(config)
+  orphan.unlink()
+  # A file in the mask folder not following the pattern.
+  stray = mask_root / "ko" / "a_other.tif"
+  Image.fromarray(np.zeros((24, 32), np.uint8)).save(stray)
+  if not folder._mask_regex(pattern).match(stray.name):  # pylint: disable=protected-access
+    with pytest.raises(DataError, match=rf"Mask {stray} does not match data.mask_pattern"):
+      pipeline.validate_data_config(config)
+
+
+def test_bad_mask_patterns_are_config_errors(tmp_path):
+  config = helpers.tiny_config(tmp_path, tmp_path, source="folder")
+  for bad in ("mask.png", "{stem}_{stem}.png", "{name}.png", "{stem}.txt", "sub/{stem}.png"):
+    config.data.mask_pattern = bad
+    with pytest.raises(ConfigError, match="data.mask_pattern"):
+      pipeline.validate_data_config(config)
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, *args], cwd=helpers.REPO, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
+  config = _folder_config(tmp_path)
+  config.eval.batch_size = 4
+  workdir = tmp_path / "run"
+  assert trainer.train_and_evaluate(config, workdir) is None  # No test split to evaluate.
+  saved = json.loads((workdir / "eval" / "4" / "thresholds.json").read_text())
+  assert saved["validation"]["files"] == [f"train/good/{i:03d}.png" for i in (1, 4, 7, 10)]
+  assert saved["method"] == "f1" and saved["validation"]["num_synthetic_anomalous"] >= 1
+  assert saved["image_min"] <= saved["image_threshold"] <= saved["image_max"]
+
+  # predict.py decides with no further step.
+  new = tmp_path / "new"
+  new.mkdir()
+  for i in (0, 5):
+    shutil.copy(tmp_path / "data" / "train" / "good" / f"{i:03d}.png", new / f"{i}.png")
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), np.uint8)).save(
+      new / "noise.png")
+  done = _run_cli("predict.py", f"--workdir={workdir}", f"--images={new}",
+                  f"--out={tmp_path / 'pred'}", "--nooverlays")
+  assert done.returncode == 0, done.stderr[-3000:]
+  records = json.loads((tmp_path / "pred" / "scores.json").read_text())
+  with open(tmp_path / "pred" / "scores.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [os.path.basename(r["file"]) for r in records] == ["0.png", "5.png", "noise.png"]
+  for record, row in zip(records, rows):
+    assert record["threshold"] == saved["image_threshold"]
+    assert record["anomalous"] == (record["score"] >= saved["image_threshold"])
+    assert float(row["score"]) == record["score"]  # Raw scores, not normalised, in the CSV.
+    assert record["normalized_score"] == pytest.approx(float(metrics.normalize_scores(
+        record["score"], saved["image_threshold"], saved["image_min"], saved["image_max"])))
+    assert (record["normalized_score"] >= 0.5) == record["anomalous"]
+
+  # The split (and, resume being exact, the thresholds) is the same after a resume.
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  shutil.rmtree(workdir / "eval")
+  trainer.train_and_evaluate(config, workdir)
+  again = json.loads((workdir / "eval" / "4" / "thresholds.json").read_text())
+  assert again["validation"]["files"] == saved["validation"]["files"]
+  assert again["image_threshold"] == saved["image_threshold"]
+  assert again["pixel_threshold"] == saved["pixel_threshold"]
+  # A changed split would change the training set: resuming refuses it.
+  config.data.validation_fraction = 0.5
+  with pytest.raises(ConfigError, match="data.validation_fraction"):
+    trainer.train_and_evaluate(config, workdir)
