@@ -12,7 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from draem_jax import trainer
-from draem_jax.errors import ConfigError, DataError
+from draem_jax.errors import ConfigError, DataError, DistributedError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mvtec.py or configs/mvtec.py:screw.",
@@ -34,7 +34,7 @@ def main(argv):
   logging.info("workdir: %s", workdir)
   try:
     trainer.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (ConfigError, DataError, trainer.TrainingDivergedError) as e:
+  except (ConfigError, DataError, DistributedError, trainer.TrainingDivergedError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -88,7 +88,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.seed = 0  # Seeds parameters, data order and the simulator.
   train.log_every_steps = 50  # Metrics to metrics.jsonl and TensorBoard every N steps.
   train.eval_every_steps = 0  # Periodic evaluation on the test split (0 = only at the end).
-  train.distributed = False  # Call jax.distributed.initialize() (multi-host TPU pods).
+  train.distributed = False  # Start JAX's multi-process runtime (TPU pods, GPU hosts; README).
+  train.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or auto.
+  train.num_processes = 0  # Number of processes; 0 = $JAX_NUM_PROCESSES or auto-detected.
+  train.process_id = -1  # This process's id; -1 = $JAX_PROCESS_ID or auto-detected.
+  train.initialization_timeout = 300  # Seconds to wait for the coordinator and every process.
 
   # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()

@@ -6,6 +6,10 @@ restarted run continues with the exact next batch. Orbax writes each checkpoint 
 temporary folder and renames it only when complete: a process killed mid-write leaves the
 previous checkpoints intact and the half-written one invisible (and removed on the next
 start).
+
+With several processes every process calls `save` and `restore` (Orbax synchronises them):
+the replicated state is written once, and each process writes and reads back its own
+data-iterator file. Resuming needs the same number of processes.
 """
 
 import os
@@ -13,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from draem_jax.errors import ConfigError
 
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:
@@ -85,10 +92,28 @@ class Checkpointer:
           f"{available or 'none (train first)'}.")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
+      self._check_process_count(step)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     logging.info("Restored checkpoint %d from %s", step, self.directory)
     return restored["state"]
+
+  def _check_process_count(self, step: int) -> None:
+    """Refuses to restore a data position saved by another number of processes.
+
+    grain writes one file per process, `data/process_<i>-of-<n>.json`, and restores only the
+    file of the same (i, n). The positions are in global batches and equal on every process, so
+    another count would mean the same global stream re-split; resuming it is still refused
+    rather than guessed, because the global batch size must then also split over the new count.
+    """
+    n = jax.process_count()
+    saved = sorted({p.name.split("-of-")[1].removesuffix(".json") for p in
+                    (self.directory / str(step) / "data").glob("process_*-of-*.json")})
+    if saved and saved != [str(n)]:
+      raise ConfigError(
+          f"checkpoint {step} in {self.directory} was written by {', '.join(saved)} processes; "
+          f"this run has {n}. Resume with the same number of processes (or train into a new "
+          "--workdir).")
 
   def close(self):
     self._manager.wait_until_finished()

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
   """Input data is missing or malformed; the message names the path and the expected layout."""
+
+
+class DistributedError(RuntimeError):
+  """The multi-process runtime cannot start; the message names the coordinator address."""

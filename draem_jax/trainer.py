@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from draem_jax import checkpointing
@@ -81,6 +82,14 @@ def _log_topology(mesh) -> None:
                ", ".join(str(d) for d in mesh.devices.flat))
 
 
+def _agree(flag: bool) -> bool:
+  """True on every process if it is True on any (one process alone must never save: a save is
+  collective). Free with one process; with several, one tiny all-gather per step."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
   """Means over the logging window; the learning rate is the latest one."""
   fetched = jax.device_get(history)
@@ -138,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   config_lib.validate_config(config)
   quiet_library_logs()
-  parallel.maybe_initialize_distributed(config.train.distributed)
+  parallel.maybe_initialize_distributed(config.train)
   workdir = Path(workdir).expanduser().absolute()
   if config.data.source == "mvtec" and config.data.category == "all":
     results = {}
@@ -201,6 +210,10 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
       state = checkpointer.restore(abstract, train_iter, step=start_step)
       logging.info("Resuming from step %d.", start_step)
+    local = config.train.batch_size // process_count
+    logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
+                 process_index, process_count, process_index * local,
+                 (process_index + 1) * local, config.train.batch_size)
     logging.info("%d training images (%s), %d steps (%d per epoch at batch %d).", num_examples,
                  validation.describe_split(config),
                  total_steps, train_step_lib.steps_per_epoch(config.train.batch_size, num_examples),
@@ -262,7 +275,7 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
       bar.update(1)
       # Read the flag once: a SIGTERM landing between the save decision and the exit check
       # would otherwise exit without saving the step just taken.
-      preempted = sigterm.raised
+      preempted = _agree(sigterm.raised)
       must_save = step % ckpt_every == 0 or step == total_steps or preempted
       if step % log_every == 0 or must_save or step == total_steps:
         scalars = _mean_metrics(history)

@@ -83,23 +83,27 @@ def test_deterministic_for_seed_and_different_across_seeds(config):
   assert not all(np.array_equal(a["texture"], b["texture"]) for a, b in zip(first, other))
 
 
-def test_two_processes_shard_disjointly_and_cover_one_epoch(config):
+def test_processes_load_their_rows_of_one_global_stream(config):
+  """Each process loads rows [p*b, (p+1)*b) of the global batch: together they are the
+  1-process stream, and within an epoch they see disjoint halves of the images."""
   cfg = _copy(config, train__batch_size=2)  # One image per process per step.
   table, _ = pipeline._train_sources(cfg, cache=True)
   index = _index_of(table)
-  seen = []
-  for p, shard_size in ((0, 105), (1, 104)):
-    it = pipeline.make_train_iterator(cfg, process_index=p, process_count=2)
-    epoch = [index[_digest(b["image"][0])] for b in _take(it, 2 * shard_size)]
-    first, second = epoch[:shard_size], epoch[shard_size:]
-    assert sorted(first) == list(range(p, 209, 2))  # This process's shard, each image once.
-    assert sorted(second) == sorted(first) and second != first  # Reshuffled every epoch.
-    seen.append(set(first))
-  assert seen[0].isdisjoint(seen[1]) and len(seen[0] | seen[1]) == 209
-  # The processes draw their textures independently (not the same ones at the same step).
-  textures = [np.stack([b["texture"][0] for b in _take(pipeline.make_train_iterator(
-      cfg, process_index=p, process_count=2), 8)]) for p in range(2)]
-  assert not np.array_equal(*textures)
+  whole = _take(pipeline.make_train_iterator(cfg), 104)
+  parts = [_take(pipeline.make_train_iterator(cfg, process_index=p, process_count=2), 104)
+           for p in range(2)]
+  for w, p0, p1 in zip(whole, *parts):
+    for key in w:
+      np.testing.assert_array_equal(w[key], np.concatenate([p0[key], p1[key]]))
+  # 104 steps x 2 = 208 of the first epoch's 209 images: halves disjoint, no image twice.
+  seen = [[index[_digest(b["image"][0])] for b in part] for part in parts]
+  assert len(set(seen[0])) == len(set(seen[1])) == 104
+  assert set(seen[0]).isdisjoint(seen[1])
+  # The next epoch is reshuffled.
+  second = [index[_digest(x)] for b in _take(pipeline.make_train_iterator(cfg), 210)[105:]
+            for x in b["image"]][:208]
+  first = [index[_digest(x)] for b in whole for x in b["image"]]
+  assert second != first
 
 
 def test_textures_drawn_uniformly(config):

@@ -2,15 +2,15 @@
 
 Training (`make_train_iterator`), per process:
 
-  source indices -> this process's shard [process_index::process_count] -> shuffle (seeded by
-  train.seed and the process index, reshuffled every epoch) -> repeat forever -> pair each
-  image with a texture index drawn uniformly (per-element seeded generator) -> decode + RGB +
-  bilinear resize to data.image_size (or a lookup in the decoded cache) -> batch (drop
-  remainder) -> prefetch
+  source indices -> shuffle (seeded by train.seed, reshuffled every epoch) -> repeat forever ->
+  pair each image with a texture index drawn uniformly (per-element seeded generator) -> global
+  batches of train.batch_size index pairs (drop remainder) -> this process's rows
+  [p*b, (p+1)*b) of each, b = batch_size // process_count: decode + RGB + bilinear resize to
+  data.image_size (or a gather from the decoded cache) -> prefetch
 
-Everything up to the batch is a grain `MapDataset`, i.e. a pure function of the element index,
-so the stream is the same with 0, 1 or more worker processes and an iterator's state (the next
-index) restores it exactly. The anomaly simulator runs later, on the device, from explicit JAX
+Everything is a grain `MapDataset`, i.e. a pure function of the element index, so the stream is
+the same with 0, 1 or more worker processes, the global batch is the same for any number of
+JAX processes, and an iterator's state (the next global batch) restores it exactly. The anomaly simulator runs later, on the device, from explicit JAX
 keys (DRAEM_SPEC 4); the host only supplies clean images and raw textures as uint8.
 
 The decoded cache (data.cache_decoded, default True): decoding a 900x900 MVTec PNG and
@@ -444,15 +444,28 @@ class _DrawTexture(grain.transforms.RandomMap):
     return int(index), int(rng.integers(self.num_textures))
 
 
-class _LoadPair(grain.transforms.Map):
-  """(image index, texture index) -> {'image', 'texture'} uint8 (H, W, 3)."""
+class _LoadRows(grain.transforms.Map):
+  """A global batch of (image indices (B,), texture indices (B,)) -> this process's rows.
 
-  def __init__(self, images, textures):
+  Returns {'image', 'texture'} uint8 (b, H, W, 3) for rows [start, start + b).
+  """
+
+  def __init__(self, images, textures, start: int, size: int):
     self.images, self.textures = images, textures
+    self.start, self.size = start, size
 
-  def map(self, pair):
-    image_index, texture_index = pair
-    return {"image": self.images[image_index], "texture": self.textures[texture_index]}
+  def map(self, pairs):
+    image_index, texture_index = (np.asarray(a)[self.start:self.start + self.size]
+                                  for a in pairs)
+    return {"image": _gather(self.images, image_index),
+            "texture": _gather(self.textures, texture_index)}
+
+
+def _gather(table, index: np.ndarray) -> np.ndarray:
+  """table[index] for a decoded array (a gather) or a lazy table (decodes only these rows)."""
+  if isinstance(table, np.ndarray):
+    return table[index]
+  return np.stack([table[int(i)] for i in index])
 
 
 class _LoadEval(grain.transforms.Map):
@@ -540,19 +553,24 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, process_index: int 
   cache = config.data.get("cache_decoded", True) if cache is None else cache
   if num_workers is None:
     num_workers = 0 if cache else config.data.num_workers
-  local_batch = config.train.batch_size // process_count
+  global_batch = config.train.batch_size
+  local_batch = global_batch // process_count
   images, textures = _train_sources(config, cache)
   if len(images) < process_count:
     raise DataError(f"{len(images)} training images cannot be shared by {process_count} "
                     "processes; every process needs at least one.")
-  ds = grain.MapDataset.range(len(images))[process_index::process_count]
-  # grain seeds the shuffle and the texture draws from (pipeline seed, element position); one
-  # seed per process keeps processes from drawing the same textures at the same positions.
-  seed = int(np.random.SeedSequence([config.train.seed, process_index]).generate_state(1)[0])
-  ds = ds.seed(seed).shuffle().repeat(None)
+  # One global stream of (image index, texture index) pairs, the same on every process and for
+  # every process count: global shuffle (reshuffled each epoch), repeat, texture draws, global
+  # batches. All of it is index arithmetic; each process then LOADS only its rows
+  # [p*b, (p+1)*b) of every global batch. So the global batch is a function of (seed, step)
+  # alone (P processes x D devices trains like 1 process x P*D devices), the processes see
+  # disjoint parts of the images within an epoch, and another process count would see the same
+  # stream re-split (checkpointing still refuses such a resume). The seed is the one single-process runs always used.
+  seed = int(np.random.SeedSequence([config.train.seed, 0]).generate_state(1)[0])
+  ds = grain.MapDataset.range(len(images)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(_DrawTexture(len(textures)))
-  ds = ds.map(_LoadPair(images, textures))
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.batch(global_batch, drop_remainder=True)
+  ds = ds.map(_LoadRows(images, textures, process_index * local_batch, local_batch))
   buffer = config.data.prefetch_buffer_size
   # Threads overlap loading with the training step; with worker processes each has its own.
   read_threads = 1 if cache else 2
@@ -571,8 +589,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
   Each batch is a dict of host-local numpy arrays, b = train.batch_size // process_count:
     'image':   uint8 (b, S, S, 3), clean training images, S = data.image_size;
     'texture': uint8 (b, S, S, 3), anomaly-source textures drawn uniformly, one per image.
-  The stream depends only on (data, train.seed, process_index, process_count), not on
-  data.num_workers. `it.get_state()` / `it.set_state(state)` (or Orbax with
+  The global batch depends only on (data, train.seed, step), not on process_count or
+  data.num_workers; this process's batch is its rows [p*b, (p+1)*b) of it. Within an epoch the
+  processes load disjoint images; with the decoded cache each still decodes the whole training
+  set once, since the global shuffle gives it other images in later epochs. `it.get_state()` / `it.set_state(state)` (or Orbax with
   `grain.checkpoint.CheckpointSave/CheckpointRestore`) resume it exactly. With worker
   processes (data.num_workers > 0 and data.cache_decoded False), absl flags must be parsed
   (absl.app.run); close the iterator (`it.close()`, a no-op without workers) when done.
@@ -580,7 +600,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
   Args:
     config: the experiment config.
     process_index: jax.process_index().
-    process_count: jax.process_count(); each process reads a disjoint shard of the images.
+    process_count: jax.process_count(); each process loads its rows of each global batch.
 
   Returns:
     grain.DatasetIterator of batch dicts.
