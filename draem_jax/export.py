@@ -23,7 +23,9 @@ import numpy as np
 from draem_jax import evaluation
 from draem_jax import fileio
 from draem_jax import inference
+from draem_jax import validation
 from draem_jax.errors import ConfigError
+from draem_jax.trainer import EVAL_DIR
 
 ONNX_OPSET = 23
 INPUT_NAME = "image"
@@ -36,10 +38,19 @@ def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
 
   Returns:
     {'image_threshold': float or None, 'pixel_threshold': float, 'threshold_source': str}.
-    Today the image threshold is the test-split F1-max threshold that evaluate.py wrote for
-    this checkpoint; without it, None (the deployer must choose one). The pixel threshold
-    falls back to 0.5 as predict.py does.
+    With a validation split (the checkpoint's thresholds.json), its thresholds, plus its
+    min-max statistics under 'normalization'; otherwise the test-split F1-max threshold that
+    evaluate.py wrote for this checkpoint, or None (the deployer must choose one), and a
+    pixel threshold that falls back to 0.5 as predict.py does.
   """
+  validated = validation.load_thresholds(workdir / EVAL_DIR / str(step))
+  if validated is not None:
+    return {"image_threshold": float(validated["image_threshold"]),
+            "pixel_threshold": float(validated["pixel_threshold"]),
+            "threshold_source": f"validation split of train/good ({validated.get('method')}, "
+                                "thresholds.json)",
+            "normalization": {k: validated[k] for k in ("image_min", "image_max", "pixel_min",
+                                                        "pixel_max") if k in validated}}
   found = inference.eval_thresholds(workdir, step)
   source = ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
             else "none: run evaluate.py or choose a threshold")
