@@ -10,7 +10,6 @@ resolution). Imports no JAX module (tests check `sys.modules`).
 
 import argparse
 import csv
-import glob
 import io
 import json
 import sys
@@ -24,20 +23,7 @@ from draem_jax import visualize
 from draem_jax.errors import ConfigError, DataError
 
 
-def find_images(spec: str) -> list[Path]:
-  """Image files named by a file, a folder (searched recursively) or a glob pattern."""
-  path = Path(spec).expanduser()
-  if path.is_file():
-    return [path]
-  if path.is_dir():
-    found = sorted(p for p in path.rglob("*") if p.is_file() and image_io.is_image_file(p))
-  else:
-    found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                   if Path(p).is_file() and image_io.is_image_file(p))
-  if not found:
-    raise DataError(f"--images {spec!r} matches no image file: give a file, a folder or a "
-                    "quoted glob such as 'parts/*.png'.")
-  return found
+find_images = image_io.find_images
 
 
 class Model:

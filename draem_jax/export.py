@@ -11,14 +11,12 @@ The ONNX file is produced by jax2onnx from the traced JAX function (no hand-writ
 the StableHLO artifact by `jax.export`. Beside them a JSON file says what a deployer needs.
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from draem_jax import evaluation
 from draem_jax import fileio

@@ -13,6 +13,7 @@ antialiasing when shrinking. Pillow's `Image.resize(BILINEAR)` widens its kernel
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 from pathlib import Path
@@ -40,6 +41,22 @@ def is_image_file(path: str | os.PathLike) -> bool:
   """
   name = os.path.basename(os.fspath(path))
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(spec: str) -> list[Path]:
+  """Image files named by a file, a folder (searched recursively) or a glob pattern."""
+  path = Path(spec).expanduser()
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+  else:
+    found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                   if Path(p).is_file() and is_image_file(p))
+  if not found:
+    raise DataError(f"--images {spec!r} matches no image file (.png, .jpg, .jpeg, .bmp, .tif, "
+                    ".tiff): give a file, a folder or a quoted glob such as 'parts/*.png'.")
+  return found
 
 
 def _open(data: ImageData, name: str) -> Image.Image:

@@ -5,7 +5,6 @@
 """
 
 import csv
-import glob
 import io
 import json
 import os
@@ -34,7 +33,7 @@ from draem_jax import train_step as train_step_lib
 from draem_jax import validation
 from draem_jax import visualize
 from draem_jax.data import images as images_lib
-from draem_jax.errors import ConfigError, DataError
+from draem_jax.errors import ConfigError
 from draem_jax.trainer import CHECKPOINT_DIR, EVAL_DIR
 
 
@@ -132,20 +131,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
 # Scoring new images.
 
 
-def find_images(spec: str) -> list[Path]:
-  """Image files named by a file, a folder (searched recursively) or a glob pattern."""
-  path = Path(spec).expanduser()
-  if path.is_file():
-    return [path]
-  if path.is_dir():
-    found = sorted(p for p in path.rglob("*") if p.is_file() and images_lib.is_image_file(p))
-  else:
-    found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                   if Path(p).is_file() and images_lib.is_image_file(p))
-  if not found:
-    raise DataError(f"--images {spec!r} matches no image file (.png, .jpg, .jpeg, .bmp, .tif, "
-                    ".tiff): give a file, a folder or a quoted glob such as 'parts/*.png'.")
-  return found
+find_images = images_lib.find_images
 
 
 def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:

@@ -67,3 +67,19 @@ def make_textures(root: Path, count: int = 6, size: int = 48, seed: int = 1) -> 
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
         root / f"t{i}.jpg")
   return root
+
+
+def restore_tiny_state(workdir: Path, step: int, total_steps: int):
+  """Checkpoint `step` of a `tiny_config` run (32x32, widths 4) as numpy arrays."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from draem_jax import checkpointing, models, parallel  # pylint: disable=g-import-not-at-top
+  from draem_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  model = models.DRAEM(4, 4)
+  tx = ts.make_optimizer(tiny_config().optim, total_steps)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  abstract = ts.abstract_train_state(model, tx, (32, 32), mesh)
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints")
+  try:
+    return jax.device_get(checkpointer.restore(abstract, step=step))
+  finally:
+    checkpointer.close()

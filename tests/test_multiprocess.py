@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 import helpers
-from draem_jax import checkpointing, models, parallel
-from draem_jax import train_step as ts
+from draem_jax import parallel
 
 TOTAL_STEPS = 12
 BATCH = 4  # Global batch: 2 rows per process.
@@ -79,15 +78,7 @@ def _steps(workdir: Path) -> list[int]:
 
 
 def _final_state(workdir: Path):
-  model = models.DRAEM(4, 4)
-  tx = ts.make_optimizer(helpers.tiny_config().optim, TOTAL_STEPS)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  abstract = ts.abstract_train_state(model, tx, (32, 32), mesh)
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints")
-  try:
-    return jax.device_get(checkpointer.restore(abstract, step=TOTAL_STEPS))
-  finally:
-    checkpointer.close()
+  return helpers.restore_tiny_state(workdir, TOTAL_STEPS, TOTAL_STEPS)
 
 
 @pytest.fixture(scope="module")

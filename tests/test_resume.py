@@ -67,15 +67,7 @@ def _wait_for(proc, condition, timeout=240):
 
 def _final_state(workdir: Path, step: int):
   """Restores checkpoint `step` of a run as numpy arrays."""
-  model = models.DRAEM(4, 4)
-  tx = ts.make_optimizer(helpers.tiny_config().optim, TOTAL_STEPS)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  abstract = ts.abstract_train_state(model, tx, (32, 32), mesh)
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints")
-  try:
-    return jax.device_get(checkpointer.restore(abstract, step=step))
-  finally:
-    checkpointer.close()
+  return helpers.restore_tiny_state(workdir, step, TOTAL_STEPS)
 
 
 def test_sigkill_and_sigterm_resume_bit_identically(data_dirs, tmp_path):
