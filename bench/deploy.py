@@ -104,7 +104,8 @@ def build(names, args):
   variables = jax.jit(lambda k: models.init_variables(
       model, k, (1, args.size, args.size, 3)))(jax.random.key(0))
   fns, info = {}, {}
-  onnx_path = REPO / "bench" / "out" / f"draem_{args.size}_{args.recon_width}_{args.disc_width}.onnx"
+  onnx_path = (REPO / "bench" / "out"
+               / f"draem_{args.size}_{args.recon_width}_{args.disc_width}.onnx")
   if any(n.startswith(("ort", "openvino")) for n in names):
     t0 = time.perf_counter()
     _export_onnx(model, variables, args.mean_filter_size, args.size, onnx_path)

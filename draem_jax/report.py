@@ -157,6 +157,12 @@ def _roc_axes(ax, title: str):
   ax.grid(alpha=0.3)
 
 
+def _curve_figure():
+  """(figure, axes) of one curve plot; the three curve plots share the size."""
+  fig = Figure(figsize=(5, 4.2))
+  return fig, fig.add_subplot()
+
+
 def plot_image_roc(path: Path, labels: np.ndarray, defect_types: Sequence[str],
                    scores: np.ndarray) -> Path | None:
   """Image ROC of all anomalous images, and of each defect type against the good images."""
@@ -165,8 +171,7 @@ def plot_image_roc(path: Path, labels: np.ndarray, defect_types: Sequence[str],
   curve = metrics_lib.roc_curve(labels, scores)
   if curve is None:
     return None
-  fig = Figure(figsize=(5, 4.2))
-  ax = fig.add_subplot()
+  fig, ax = _curve_figure()
   _roc_axes(ax, "image ROC")
   for defect in sorted(set(types[labels].tolist())):
     keep = (types == defect) | ~labels
@@ -186,8 +191,7 @@ def plot_pixel_roc(path: Path, gt: np.ndarray, maps: np.ndarray,
   roc = metrics_lib.roc_curve(gt, maps)
   if roc is None:
     return None
-  fig = Figure(figsize=(5, 4.2))
-  ax = fig.add_subplot()
+  fig, ax = _curve_figure()
   _roc_axes(ax, "pixel ROC")
   fpr, tpr = _thin(roc[0], roc[1])
   auc = "n/a" if pixel_auroc is None else f"{100 * pixel_auroc:.1f}%"
@@ -202,8 +206,7 @@ def plot_pro(path: Path, gt: np.ndarray, maps: np.ndarray, fpr_limit: float,
   pro = metrics_lib.aupro_curve(gt, maps)
   if pro is None:
     return None
-  fig = Figure(figsize=(5, 4.2))
-  ax = fig.add_subplot()
+  fig, ax = _curve_figure()
   fpr, per_region = pro[0], pro[1]
   inside = fpr <= fpr_limit
   # The curve up to the limit, interpolated at the limit as AU-PRO integrates it.

@@ -23,5 +23,6 @@ from draem_jax.data.pipeline import validate_data_config
 
 __all__ = [
     "EvalDataset", "MVTEC_CATEGORIES", "has_test_split", "has_validation_split", "load_image",
-    "make_eval_dataset", "make_train_dataset", "make_train_iterator", "num_train_examples", "validate_data_config",
+    "make_eval_dataset", "make_train_dataset", "make_train_iterator", "num_train_examples",
+    "validate_data_config",
 ]

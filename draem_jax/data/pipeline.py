@@ -10,7 +10,8 @@ Training (`make_train_iterator`), per process:
 
 Everything is a grain `MapDataset`, i.e. a pure function of the element index, so the stream is
 the same with 0, 1 or more worker processes, the global batch is the same for any number of
-JAX processes, and an iterator's state (the next global batch) restores it exactly. The anomaly simulator runs later, on the device, from explicit JAX
+JAX processes, and an iterator's state (the next global batch) restores it exactly. The
+anomaly simulator runs later, on the device, from explicit JAX
 keys (DRAEM_SPEC 4); the host only supplies clean images and raw textures as uint8.
 
 The decoded cache (data.cache_decoded, default True): decoding a 900x900 MVTec PNG and
@@ -93,7 +94,8 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
     raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 1): the share of "
                       "train/good held out to choose the thresholds (0 = train on all of it).")
   min_images = data.get("validation_min_images", 1)
-  if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+  if (isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer))
+      or min_images < 1):
     raise ConfigError(f"data.validation_min_images={min_images!r} must be a positive integer.")
   pattern = data.get("mask_pattern", folder_lib.DEFAULT_MASK_PATTERN)
   mask_root = str(data.get("mask_root", ""))
@@ -565,7 +567,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, *, process_index: int 
   # [p*b, (p+1)*b) of every global batch. So the global batch is a function of (seed, step)
   # alone (P processes x D devices trains like 1 process x P*D devices), the processes see
   # disjoint parts of the images within an epoch, and another process count would see the same
-  # stream re-split (checkpointing still refuses such a resume). The seed is the one single-process runs always used.
+  # stream re-split (checkpointing still refuses such a resume). The seed is the one
+  # single-process runs always used.
   seed = int(np.random.SeedSequence([config.train.seed, 0]).generate_state(1)[0])
   ds = grain.MapDataset.range(len(images)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(_DrawTexture(len(textures)))
@@ -592,7 +595,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
   The global batch depends only on (data, train.seed, step), not on process_count or
   data.num_workers; this process's batch is its rows [p*b, (p+1)*b) of it. Within an epoch the
   processes load disjoint images; with the decoded cache each still decodes the whole training
-  set once, since the global shuffle gives it other images in later epochs. `it.get_state()` / `it.set_state(state)` (or Orbax with
+  set once, since the global shuffle gives it other images in later epochs. `it.get_state()` /
+  `it.set_state(state)` (or Orbax with
   `grain.checkpoint.CheckpointSave/CheckpointRestore`) resume it exactly. With worker
   processes (data.num_workers > 0 and data.cache_decoded False), absl flags must be parsed
   (absl.app.run); close the iterator (`it.close()`, a no-op without workers) when done.
