@@ -9,8 +9,6 @@ resolution). Imports no JAX module (tests check `sys.modules`).
 """
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -49,6 +47,16 @@ class Model:
       raise ConfigError(f"{meta_path} holds no image_threshold (evaluate.py was not run "
                         "before export.py): pass --threshold.")
     self.pixel_threshold = float(self.meta.get("pixel_threshold", 0.5))
+    # Min-max statistics of the validation split (export of a run that has one), else None.
+    self.normalization = self.meta.get("normalization") or None
+
+  def normalized(self, score: float) -> float | None:
+    """The score with the threshold at 0.5, as predict.py's `normalized_score` (None without
+    validation statistics). Same formula as `metrics.normalize_scores`, which needs scipy."""
+    if not self.normalization:
+      return None
+    span = max(self.normalization["image_max"] - self.normalization["image_min"], 1e-12)
+    return float(np.clip((score - self.threshold) / span + 0.5, 0.0, 1.0))
 
   def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,)."""
@@ -69,8 +77,9 @@ def score_images(model: Model, paths: list[Path], out_dir: Path,
     maps, scores = model(x)
     score = float(scores[0])
     anomalous = bool(score >= model.threshold)
-    records.append({"file": str(path), "score": score, "threshold": float(model.threshold),
-                    "anomalous": anomalous})
+    records.append({"file": str(path), "score": score,
+                    "normalized_score": model.normalized(score),
+                    "threshold": float(model.threshold), "anomalous": anomalous})
     if write_overlays:
       count = seen.get(path.stem, 0)
       seen[path.stem] = count + 1
@@ -81,12 +90,7 @@ def score_images(model: Model, paths: list[Path], out_dir: Path,
           title=f"{path.name}  score {score:.3f}  "
                 f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {model.threshold:.3f})")
       visualize.save_png(out_dir / name, picture)
-  buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["file", "score", "threshold", "anomalous"])
-  writer.writeheader()
-  writer.writerows(records)
-  fileio.atomic_write_text(out_dir / "scores.csv", buf.getvalue())
-  fileio.atomic_write_json(out_dir / "scores.json", records)
+  fileio.write_scores(out_dir, records)
   return records
 
 

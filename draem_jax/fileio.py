@@ -6,6 +6,8 @@ to disk, and replaces the target with `os.replace` (atomic on POSIX and Windows)
 the temporary file is removed and the previous version of the target, if any, is left intact.
 """
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -57,3 +59,21 @@ def atomic_write_json(path: str | os.PathLike, value: Any, **dumps_kwargs) -> Pa
   """Writes `value` as indented JSON (plus a final newline) to `path` atomically."""
   dumps_kwargs.setdefault("indent", 2)
   return atomic_write_text(path, json.dumps(value, **dumps_kwargs) + "\n")
+
+
+SCORE_COLUMNS = ("file", "score", "normalized_score", "threshold", "anomalous")
+
+
+def write_scores(out_dir: str | os.PathLike, records: list[dict]) -> None:
+  """`scores.csv` and `scores.json` of scored images (predict.py and the ONNX runner alike).
+
+  Each record has SCORE_COLUMNS; a `normalized_score` of None (no validation statistics) is an
+  empty CSV cell and a JSON null.
+  """
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(SCORE_COLUMNS))
+  writer.writeheader()
+  writer.writerows([dict(r, normalized_score="" if r["normalized_score"] is None
+                         else r["normalized_score"]) for r in records])
+  atomic_write_text(Path(out_dir) / "scores.csv", buf.getvalue())
+  atomic_write_json(Path(out_dir) / "scores.json", records)

@@ -4,8 +4,6 @@
 `predict_images`.
 """
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -231,14 +229,7 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
             title=f"{path.name}  score {score:.3f}  "
                   f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
         visualize.save_png(out_dir / names[start + i], picture)
-  buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["file", "score", "normalized_score", "threshold",
-                                           "anomalous"])
-  writer.writeheader()
-  writer.writerows([dict(r, normalized_score="" if r["normalized_score"] is None
-                         else r["normalized_score"]) for r in records])
-  fileio.atomic_write_text(out_dir / "scores.csv", buf.getvalue())
-  fileio.atomic_write_json(out_dir / "scores.json", records)
+  fileio.write_scores(out_dir, records)
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
                sum(r["anomalous"] for r in records), threshold, out_dir)
   return records

@@ -12,13 +12,15 @@ from draem_jax import config_lib, evaluation, export, inference, trainer
 from draem_jax.data import images as images_lib
 
 BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
+# Enough steps for scores that differ between images (after 2 they agree to 1e-7).
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("export_run")
   config = helpers.tiny_config()
-  config.train.num_steps = 2
+  config.train.num_steps = STEPS
   config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
   config.eval.write_overlays = False
   trainer.train_and_evaluate(config, workdir)
@@ -33,8 +35,8 @@ def _bottle_batch(size, names):
 def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
   paths = export.export_run(trained_workdir, tmp_path / "m.onnx")
   meta = json.loads(paths["metadata"].read_text())
-  saved = json.loads((trained_workdir / "eval" / "2" / "metrics.json").read_text())
-  assert meta["image_size"] == 32 and meta["checkpoint_step"] == 2
+  saved = json.loads((trained_workdir / "eval" / str(STEPS) / "metrics.json").read_text())
+  assert meta["image_size"] == 32 and meta["checkpoint_step"] == STEPS
   assert meta["category"] == "bottle" and meta["input"]["channel_order"] == "RGB"
   assert meta["image_threshold"] == pytest.approx(saved["f1_threshold"])
   assert meta["pixel_threshold"] == pytest.approx(saved["pixel_f1_threshold"])
@@ -64,22 +66,49 @@ def test_export_errors(tmp_path):
     export.export_run(tmp_path, batch="zero")
 
 
+def _copy_with_validation_stats(workdir, dest):
+  """A copy of the run whose checkpoint has a (hand-written) validation thresholds.json, so
+  that predict.py and the runner both report `normalized_score`."""
+  import shutil
+  shutil.copytree(workdir, dest)
+  (dest / "eval" / str(STEPS) / "thresholds.json").write_text(json.dumps({
+      "method": "f1", "image_threshold": 0.5, "pixel_threshold": 0.5, "image_min": 0.25,
+      "image_max": 0.75, "pixel_min": 0.0, "pixel_max": 1.0}))
+  return dest
+
+
+def _threshold_between(scores):
+  """The midpoint of the widest gap between sorted scores: a threshold no score is near."""
+  s = np.sort(np.asarray(scores, np.float64))
+  i = int(np.argmax(np.diff(s)))
+  # Else the comparison would test rounding only (ONNX vs JAX scores differ by ~5e-7).
+  assert s[i + 1] - s[i] > 1e-5, s
+  return float((s[i] + s[i + 1]) / 2)
+
+
 def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   import csv
   import subprocess
   import sys
   from draem_jax import deploy
-  paths = export.export_run(trained_workdir, tmp_path / "m.onnx", batch=1)
+  workdir = _copy_with_validation_stats(trained_workdir, tmp_path / "run")
+  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=1)
+  assert json.loads(paths["metadata"].read_text())["normalization"]["image_max"] == 0.75
   inputs = tmp_path / "inputs"
   inputs.mkdir()
-  for name in ("000.png", "001.png"):
+  for name in ("000.png", "001.png", "002.png", "003.png"):
     (inputs / name).write_bytes((BOTTLE / "test" / "broken_large" / name).read_bytes())
-  (inputs / "good.png").write_bytes((BOTTLE / "test" / "good" / "000.png").read_bytes())
-  inference.predict_images(trained_workdir, str(inputs), tmp_path / "pred",
+  for name in ("000.png", "001.png"):
+    (inputs / f"good{name}").write_bytes((BOTTLE / "test" / "good" / name).read_bytes())
+  first = inference.predict_images(workdir, str(inputs), tmp_path / "pred0",
+                                   write_overlays=False)
+  # A threshold between the scores: some images on each side, none within rounding of it.
+  threshold = _threshold_between([r["score"] for r in first])
+  inference.predict_images(workdir, str(inputs), tmp_path / "pred", threshold=threshold,
                            write_overlays=False)
   code = ("import sys; from draem_jax import deploy; "
           f"rc = deploy.main(['--model', r'{paths['onnx']}', '--images', r'{inputs}', "
-          f"'--out', r'{tmp_path / 'dep'}']); "
+          f"'--out', r'{tmp_path / 'dep'}', '--threshold', '{threshold!r}']); "
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
           "print('JAXMODULES', bad); sys.exit(rc)")
   done = subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO, capture_output=True,
@@ -88,15 +117,14 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   assert "JAXMODULES []" in done.stdout
   read = lambda p: list(csv.DictReader(open(p)))
   want, got = read(tmp_path / "pred" / "scores.csv"), read(tmp_path / "dep" / "scores.csv")
+  assert list(got[0]) == list(want[0])  # Same columns, normalized_score included.
   assert [r["file"] for r in got] == [r["file"] for r in want]
+  assert {r["anomalous"] for r in want} == {"True", "False"}
   for g, w in zip(got, want):
     assert float(g["score"]) == pytest.approx(float(w["score"]), abs=1e-4)
-    assert g["threshold"] == w["threshold"]
-    # A tiny model trained 2 steps scores every image about equally, right at its F1-max
-    # threshold: there the decision follows float32 rounding (1e-7), elsewhere it must agree.
-    if abs(float(w["score"]) - float(w["threshold"])) > 1e-5:
-      assert g["anomalous"] == w["anomalous"], (g, w)
-    assert (g["anomalous"] == "True") == (float(g["score"]) >= float(g["threshold"]))
+    assert float(g["normalized_score"]) == pytest.approx(float(w["normalized_score"]), abs=1e-4)
+    assert float(g["threshold"]) == pytest.approx(float(w["threshold"]), abs=1e-12)
+    assert g["anomalous"] == w["anomalous"], (g, w)
   assert (tmp_path / "dep" / "000.png").is_file()
 
   model = deploy.Model(paths["onnx"])
@@ -109,3 +137,4 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   corrupt.with_suffix(".json").write_text(paths["metadata"].read_text())
   with pytest.raises(deploy.DataError, match="not a readable ONNX"):
     deploy.Model(corrupt)
+
