@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 8  # Test images per forward pass.
   ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
+  # "paper": that max. "minus_median" (max minus the filtered map's median) or "p99" (99th
+  # percentile of the map) are steadier under global lighting changes (README, robustness).
+  ev.image_score = "paper"
   ev.protocol = "paper"  # Ground-truth rule: "paper" (bilinear, == 1.0) or "standard" (>= 0.5).
   ev.aupro_fpr_limit = 0.3  # AU-PRO integrates PRO up to this false-positive rate.
   ev.aupro_full_resolution = False  # Also compute AU-PRO at the original image resolution.

@@ -18,6 +18,9 @@ from draem_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 PROTOCOLS = ("paper", "standard")
+# eval.image_score: the paper's, and two alternatives steadier under global lighting changes
+# (draem_jax.evaluation.image_score).
+IMAGE_SCORES = ("paper", "minus_median", "p99")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -74,6 +77,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ev = config.eval
   _positive_int(config, "eval.batch_size")
   _require(ev.protocol in PROTOCOLS, "eval.protocol", ev.protocol, f"must be one of {PROTOCOLS}.")
+  _require(ev.get("image_score", "paper") in IMAGE_SCORES, "eval.image_score",
+           ev.get("image_score"), f"must be one of {IMAGE_SCORES}.")
   _require(isinstance(ev.mean_filter_size, int) and ev.mean_filter_size > 0
            and ev.mean_filter_size % 2 == 1, "eval.mean_filter_size", ev.mean_filter_size,
            "must be a positive odd integer (21 in the paper).")

@@ -2,7 +2,8 @@
 
 On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the probability of
 the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
-counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`). On the host
+counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
+the alternatives of `image_score` (eval.image_score). On the host
 (`evaluate`): the metrics of `draem_jax.metrics` over the whole test split, written to
 `<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
 the HTML report of `draem_jax.report`.
@@ -25,6 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import fileio
 from draem_jax import metrics as metrics_lib
@@ -41,24 +43,60 @@ OVERLAY_DIR = "overlays"
 MIN_OVERLAY_SIDE = 256  # Overlay tiles are enlarged to at least this many pixels.
 
 
-def mean_filter_max(maps: jax.Array, size: int) -> jax.Array:
-  """Image scores: max of the `size` x `size` mean filter, stride 1, zero padding size // 2.
+# Image scores from a map (eval.image_score). "paper" is DRAEM's; the other two are documented
+# alternatives that do not rise with the whole map under a global lighting change
+# (bench/RESULTS.md, robustness section).
+IMAGE_SCORES = config_lib.IMAGE_SCORES
+
+
+def mean_filtered(maps: jax.Array, size: int) -> jax.Array:
+  """The `size` x `size` mean filter, stride 1, zero padding size // 2 counted in the average.
 
   Args:
     maps: (B, H, W) anomaly maps.
     size: odd filter size (21 in the paper).
 
   Returns:
-    (B,) scores. A map of ones reads (size // 2 + 1)^2 / size^2 in its corners.
+    (B, H, W). A map of ones reads (size // 2 + 1)^2 / size^2 in its corners.
   """
   pad = size // 2
   sums = jax.lax.reduce_window(maps, 0.0, jax.lax.add, (1, size, size), (1, 1, 1),
                                ((0, 0), (pad, pad), (pad, pad)))
-  return jnp.max(sums, axis=(1, 2)) / (size * size)
+  return sums / (size * size)
 
 
-def make_predict_fn(model: nn.Module, mean_filter_size: int) -> Callable:
+def mean_filter_max(maps: jax.Array, size: int) -> jax.Array:
+  """Image scores as in the paper: (B, H, W) maps -> (B,) max of `mean_filtered(maps, size)`."""
+  return jnp.max(mean_filtered(maps, size), axis=(1, 2))
+
+
+def image_score(maps: jax.Array, size: int, kind: str = "paper") -> jax.Array:
+  """(B, H, W) maps -> (B,) image scores of the given kind (one of IMAGE_SCORES).
+
+  paper:        max of the mean-filtered map (DRAEM_SPEC section 5);
+  minus_median: that max minus the median of the mean-filtered map, so that a rise of the whole
+                map (a global brightness change) does not raise the score;
+  p99:          the 99th percentile of the (unfiltered) map, linear interpolation.
+  """
+  if kind == "paper":
+    return mean_filter_max(maps, size)
+  if kind == "minus_median":
+    filtered = mean_filtered(maps, size)
+    flat = filtered.reshape(filtered.shape[0], -1)
+    return jnp.max(flat, axis=1) - jnp.median(flat, axis=1)
+  if kind == "p99":
+    return jnp.percentile(maps.reshape(maps.shape[0], -1), 99.0, axis=1)
+  raise ValueError(f"eval.image_score={kind!r} must be one of {IMAGE_SCORES}.")
+
+
+def make_predict_fn(model: nn.Module, mean_filter_size: int,
+                    score_kind: str = "paper") -> Callable:
   """`predict(variables, images) -> (maps, scores)` (not jitted).
+
+  Args:
+    model: the DRAEM module.
+    mean_filter_size: odd k of the k x k mean filter of the image score.
+    score_kind: one of IMAGE_SCORES (`image_score`).
 
   Args of the returned function:
     variables: {'params', 'batch_stats'}; BatchNorm uses the running statistics.
@@ -67,6 +105,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int) -> Callable:
   Returns of the returned function:
     maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
   """
+  if score_kind not in IMAGE_SCORES:
+    raise ValueError(f"eval.image_score={score_kind!r} must be one of {IMAGE_SCORES}.")
 
   def predict(variables, images):
     if images.dtype == jnp.uint8:
@@ -75,9 +115,19 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int) -> Callable:
       x = images.astype(jnp.float32)
     _, logits = model.apply(variables, x, train=False)
     maps = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
-    return maps, mean_filter_max(maps, mean_filter_size)
+    return maps, image_score(maps, mean_filter_size, score_kind)
 
   return predict
+
+
+def score_kind(ev: ml_collections.ConfigDict) -> str:
+  """eval.image_score, "paper" for runs whose config.json predates the field."""
+  return ev.get("image_score", "paper")
+
+
+def predict_fn_for(model: nn.Module, ev: ml_collections.ConfigDict) -> Callable:
+  """`make_predict_fn` with the filter size and image score of the eval config `ev`."""
+  return make_predict_fn(model, ev.mean_filter_size, score_kind(ev))
 
 
 def jit_predict_fn(predict: Callable, mesh: Mesh) -> Callable:
@@ -218,7 +268,7 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
   parallel.check_batch_size(ev.batch_size, mesh, "eval.batch_size")
   eval_ds = data_lib.make_eval_dataset(config, process_index=jax.process_index(),
                                        process_count=jax.process_count())
-  predict = jit_predict_fn(make_predict_fn(model, ev.mean_filter_size), mesh)
+  predict = jit_predict_fn(predict_fn_for(model, ev), mesh)
   pred = predict_split(predict, variables, eval_ds, mesh)
   if eval_ds.has_masks:
     gt = metrics_lib.gt_masks(pred["masks"], ev.protocol)

@@ -5,7 +5,8 @@ it, with the checkpoint's variables baked in as constants:
 
   image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size
     -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class,
-       score (N,) float32, max of the eval.mean_filter_size mean-filtered map.
+       score (N,) float32, the eval.image_score of the map (by default the max of the
+       eval.mean_filter_size mean-filtered map).
 
 The ONNX file is produced by jax2onnx from the traced JAX function (no hand-written graph);
 the StableHLO artifact by `jax.export`. Beside them a JSON file says what a deployer needs.
@@ -60,7 +61,7 @@ def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
 def make_inference_fn(run: inference.LoadedRun):
   """`f(image) -> (anomaly_map, score)` with the run's variables as host constants."""
   variables = jax.device_get(run.variables)
-  predict = evaluation.make_predict_fn(run.model, run.config.eval.mean_filter_size)
+  predict = evaluation.predict_fn_for(run.model, run.config.eval)
 
   def infer(image):
     return predict(variables, image.astype(jnp.float32))
@@ -129,10 +130,12 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                 "value_range": [0.0, 1.0],
                 "resize": "bilinear, half-pixel centres, no antialiasing (OpenCV INTER_LINEAR)"},
       "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
-                  "score": f"float32 (N,), max of the {run.config.eval.mean_filter_size}x"
-                           f"{run.config.eval.mean_filter_size} mean-filtered map"},
+                  "score": f"float32 (N,), image score "
+                           f"'{evaluation.score_kind(run.config.eval)}' (mean filter "
+                           f"{run.config.eval.mean_filter_size}x{run.config.eval.mean_filter_size})"},
       "image_size": size,
       "mean_filter_size": int(run.config.eval.mean_filter_size),
+      "image_score": evaluation.score_kind(run.config.eval),
       "onnx_opset": ONNX_OPSET,
       **deploy_thresholds(workdir, run.step),
   }

@@ -201,7 +201,7 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
   batch_size = config.eval.batch_size
   parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
   predict = evaluation.jit_predict_fn(
-      evaluation.make_predict_fn(run.model, config.eval.mean_filter_size), run.mesh)
+      evaluation.predict_fn_for(run.model, config.eval), run.mesh)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = _output_names(paths)

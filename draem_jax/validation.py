@@ -199,8 +199,7 @@ def calibrate(config: ml_collections.ConfigDict, variables: Any, model: nn.Modul
   split = synthetic_split(config)
   batches = _ArrayBatches(split["images"], split["masks"], ev.batch_size, jax.process_index(),
                           jax.process_count())
-  predict = evaluation.jit_predict_fn(evaluation.make_predict_fn(model, ev.mean_filter_size),
-                                      mesh)
+  predict = evaluation.jit_predict_fn(evaluation.predict_fn_for(model, ev), mesh)
   pred = evaluation.predict_split(predict, variables, batches, mesh, desc="validation")
   labels, scores, maps = split["labels"], pred["scores"], pred["maps"]
   result = choose_thresholds(labels, scores, split["masks"], maps,

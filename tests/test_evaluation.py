@@ -25,6 +25,33 @@ def test_device_mean_filter_matches_host_reference():
   assert float(evaluation.mean_filter_max(corner_only, 21)[0]) == pytest.approx(121 / 441)
 
 
+def test_alternative_image_scores_match_numpy():
+  rng = np.random.default_rng(1)
+  maps = rng.uniform(size=(3, 40, 56)).astype(np.float32)
+  maps[2, 20:30, 10:20] = 1.0
+  filtered = metrics.mean_filter(maps, 9)
+  want = {"paper": filtered.max(axis=(1, 2)),
+          "minus_median": filtered.max(axis=(1, 2)) - np.median(filtered, axis=(1, 2)),
+          "p99": np.percentile(maps, 99, axis=(1, 2))}
+  assert set(want) == set(evaluation.IMAGE_SCORES)
+  for kind, ref in want.items():
+    got = np.asarray(evaluation.image_score(jnp.asarray(maps), 9, kind))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=kind)
+  # Hand-computed: a map that rises by 0.2 everywhere keeps its minus_median score (away from
+  # the zero-padded border the filtered map rises by 0.2 too), while the paper's score rises.
+  flat = jnp.zeros((1, 64, 64)).at[0, 28:36, 28:36].set(0.8)
+  risen = flat + 0.2
+  med = lambda m: float(evaluation.image_score(m, 5, "minus_median")[0])
+  assert med(risen) == pytest.approx(med(flat), abs=1e-6)
+  assert float(evaluation.image_score(risen, 5, "paper")[0]) == pytest.approx(
+      float(evaluation.image_score(flat, 5, "paper")[0]) + 0.2, abs=1e-6)
+  # 99th percentile of 0..99 (linear interpolation): 98.01.
+  ramp = jnp.arange(100.0).reshape(1, 10, 10)
+  assert float(evaluation.image_score(ramp, 5, "p99")[0]) == pytest.approx(98.01, abs=1e-4)
+  with pytest.raises(ValueError, match="eval.image_score"):
+    evaluation.make_predict_fn(None, 21, "max")
+
+
 @pytest.mark.parametrize("field,value", [
     ("model.dtype", "float16"),
     ("model.recon_width", 0),
@@ -35,6 +62,7 @@ def test_device_mean_filter_matches_host_reference():
     ("train.log_every_steps", 0),
     ("eval.protocol", "strict"),
     ("eval.mean_filter_size", 20),
+    ("eval.image_score", "max"),
     ("eval.aupro_fpr_limit", 0.0),
     ("eval.threshold_method", "median"),
     ("eval.target_fpr", 1.0),

@@ -56,6 +56,27 @@ def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
     np.testing.assert_allclose(jscores, want_scores, atol=1e-4, rtol=0)
 
 
+def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
+  # A run trained with eval.image_score="minus_median": the median (a sort) converts too.
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["eval"]["image_score"] = "minus_median"
+  (workdir / "config.json").write_text(json.dumps(config))
+  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=3)
+  assert json.loads(paths["metadata"].read_text())["image_score"] == "minus_median"
+  run = inference.load_run(workdir)
+  x = _bottle_batch(32, ["001.png", "002.png", "003.png"])
+  maps, want = (np.asarray(a) for a in jax.jit(evaluation.predict_fn_for(
+      run.model, run.config.eval))(jax.device_get(run.variables), x))
+  np.testing.assert_allclose(want, np.asarray(evaluation.image_score(maps, 21, "minus_median")))
+  session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+  _, scores = session.run(None, {"image": x})
+  np.testing.assert_allclose(scores, want, atol=1e-4, rtol=0)
+  assert not np.allclose(want, np.asarray(evaluation.image_score(maps, 21, "paper")))
+
+
 def test_export_errors(tmp_path):
   config_lib.save_config(helpers.tiny_config(), tmp_path)
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
