@@ -49,6 +49,11 @@ MIN_OVERLAY_SIDE = 256  # Overlay tiles are enlarged to at least this many pixel
 IMAGE_SCORES = config_lib.IMAGE_SCORES
 
 
+def _check_score_kind(kind: str) -> None:
+  if kind not in IMAGE_SCORES:
+    raise ValueError(f"eval.image_score={kind!r} must be one of {IMAGE_SCORES}.")
+
+
 def mean_filtered(maps: jax.Array, size: int) -> jax.Array:
   """The `size` x `size` mean filter, stride 1, zero padding size // 2 counted in the average.
 
@@ -78,15 +83,14 @@ def image_score(maps: jax.Array, size: int, kind: str = "paper") -> jax.Array:
                 map (a global brightness change) does not raise the score;
   p99:          the 99th percentile of the (unfiltered) map, linear interpolation.
   """
+  _check_score_kind(kind)
   if kind == "paper":
     return mean_filter_max(maps, size)
   if kind == "minus_median":
     filtered = mean_filtered(maps, size)
     flat = filtered.reshape(filtered.shape[0], -1)
     return jnp.max(flat, axis=1) - jnp.median(flat, axis=1)
-  if kind == "p99":
-    return jnp.percentile(maps.reshape(maps.shape[0], -1), 99.0, axis=1)
-  raise ValueError(f"eval.image_score={kind!r} must be one of {IMAGE_SCORES}.")
+  return jnp.percentile(maps.reshape(maps.shape[0], -1), 99.0, axis=1)  # p99
 
 
 def make_predict_fn(model: nn.Module, mean_filter_size: int,
@@ -105,8 +109,7 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
   Returns of the returned function:
     maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
   """
-  if score_kind not in IMAGE_SCORES:
-    raise ValueError(f"eval.image_score={score_kind!r} must be one of {IMAGE_SCORES}.")
+  _check_score_kind(score_kind)  # Now, not when the function is first traced.
 
   def predict(variables, images):
     if images.dtype == jnp.uint8:

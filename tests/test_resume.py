@@ -91,12 +91,12 @@ def test_sigkill_and_sigterm_resume_bit_identically(data_dirs, tmp_path):
   # step it reached (not a multiple of checkpoint.every_steps in general) and exit 143.
   restart_from = _steps(interrupted_dir)[-1]
   metrics = interrupted_dir / "metrics.jsonl"
-  logged = lambda: [step_of(l) for l in metrics.read_text().splitlines() if l.strip()]
   # Lines the killed run logged past its checkpoint are still in the file: wait for a line
   # the restarted process wrote (they differ in "time"), else SIGTERM can land before the
   # restarted process has installed its handler.
   stale = set(metrics.read_text().splitlines()) if metrics.is_file() else set()
   step_of = lambda line: int(line.split('"step": ')[1].split(",")[0])
+  logged = lambda: [step_of(l) for l in metrics.read_text().splitlines() if l.strip()]
   proc = subprocess.Popen(_command(data_dirs, interrupted_dir), env=_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   _wait_for(proc, lambda: metrics.is_file() and any(
