@@ -43,13 +43,10 @@ def _jax_fn(model, variables, filter_size):
 def _export_onnx(model, variables, filter_size, size, path: Path) -> Path:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
   from draem_jax import evaluation, export  # pylint: disable=g-import-not-at-top
   host = jax.device_get(variables)
   predict = evaluation.make_predict_fn(model, filter_size)
-  proto = to_onnx(lambda x: predict(host, x.astype(jnp.float32)), inputs=[("N", size, size, 3)],
-                  opset=export.ONNX_OPSET, model_name="draem",
-                  input_names=[export.INPUT_NAME], output_names=list(export.OUTPUT_NAMES))
+  proto = export.onnx_model(lambda x: predict(host, x.astype(jnp.float32)), "N", size)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(proto.SerializeToString())
   return path

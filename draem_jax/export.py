@@ -69,6 +69,19 @@ def make_inference_fn(run: inference.LoadedRun):
   return infer
 
 
+def onnx_model(infer, batch_dim: int | str, size: int):
+  """The ONNX ModelProto of `infer` (image (batch_dim, size, size, 3) float32 -> map, score).
+
+  jax2onnx traces it with the model's max-pool and upsampling lowered to single MaxPool and
+  Resize nodes (`onnx_ops`), so ONNX Runtime keeps the whole graph in one layout.
+  """
+  # Export-only dependencies, imported here so that training never needs them.
+  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+  from draem_jax import onnx_ops  # pylint: disable=g-import-not-at-top,unused-import
+  return to_onnx(infer, inputs=[(batch_dim, size, size, 3)], opset=ONNX_OPSET,
+                 model_name="draem", input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
+
+
 def _batch_dim(batch: int | str) -> int | str:
   if batch == DYNAMIC_BATCH:
     return "N"
@@ -94,8 +107,6 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   Returns:
     {'onnx', 'jax_export', 'metadata'}: the paths written.
   """
-  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top  # Export-only dependency.
-
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
@@ -105,9 +116,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
   infer = make_inference_fn(run)
 
-  proto = to_onnx(infer, inputs=[(batch_dim, size, size, 3)], opset=ONNX_OPSET,
-                  model_name="draem", input_names=[INPUT_NAME],
-                  output_names=list(OUTPUT_NAMES))
+  proto = onnx_model(infer, batch_dim, size)
   paths = {"onnx": fileio.atomic_write_bytes(out, proto.SerializeToString())}
 
   if batch_dim == "N":

@@ -56,6 +56,49 @@ def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
     np.testing.assert_allclose(jscores, want_scores, atol=1e-4, rtol=0)
 
 
+def _op_counts(model_proto) -> dict[str, int]:
+  counts = {}
+  for node in model_proto.graph.node:
+    counts[node.op_type] = counts.get(node.op_type, 0) + 1
+  return counts
+
+
+def test_onnx_graph_keeps_one_layout(trained_workdir, tmp_path):
+  # Pooling and upsampling are single MaxPool / Resize nodes (draem_jax.onnx_ops), so that
+  # ONNX Runtime cancels every NHWC<->NCHW transpose but the input's and the output's.
+  import onnx
+  paths = export.export_run(trained_workdir, tmp_path / "m.onnx")
+  counts = _op_counts(onnx.load(str(paths["onnx"])))
+  # 4 pools and 4 upsamplings in the reconstructive network, 5 and 5 in the discriminative.
+  assert counts["MaxPool"] == 9 and counts["Resize"] == 9
+  assert "GatherND" not in counts
+  options = ort.SessionOptions()
+  options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+  ort.InferenceSession(str(paths["onnx"]), options, providers=["CPUExecutionProvider"])
+  assert _op_counts(onnx.load(options.optimized_model_filepath)).get("Transpose", 0) <= 2
+  from draem_jax import models, onnx_ops
+  # The replacement is in force only while jax2onnx traces.
+  assert models.upsample2x_align_corners is not onnx_ops._UPSAMPLE.bind
+  assert models._max_pool is not onnx_ops._max_pool_for_onnx
+
+
+def test_onnx_pool_and_upsample_on_odd_sizes(tmp_path):
+  # The ONNX MaxPool drops odd trailing rows/columns as the model's pool does, and Resize
+  # interpolates as the model's align-corners upsampling, for sizes the full model never sees.
+  from jax2onnx import to_onnx
+  from draem_jax import models, onnx_ops  # pylint: disable=unused-import
+  x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+  fn = lambda x: (models._max_pool(x), models.upsample2x_align_corners(x))
+  proto = to_onnx(fn, inputs=[x.shape], opset=export.ONNX_OPSET)
+  assert {"MaxPool", "Resize"} <= set(_op_counts(proto))
+  session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+  pooled, upsampled = session.run(None, {session.get_inputs()[0].name: x})
+  want_pooled, want_upsampled = (np.asarray(a) for a in fn(x))
+  assert pooled.shape == (2, 2, 3, 3) and upsampled.shape == (2, 10, 14, 3)
+  np.testing.assert_array_equal(pooled, want_pooled)
+  np.testing.assert_allclose(upsampled, want_upsampled, atol=1e-6, rtol=0)
+
+
 def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
   # A run trained with eval.image_score="minus_median": the median (a sort) converts too.
   import shutil
