@@ -1,10 +1,14 @@
 """Exports a trained run for deployment.
 
   python export.py --workdir DIR [--checkpoint STEP] [--out FILE.onnx] [--batch N|dynamic]
+                   [--int8 [--calibration_images K]]
 
 Writes FILE.onnx (input `image` float32 (N, H, W, 3) RGB in [0, 1]; outputs `anomaly_map`
 (N, H, W) and `score` (N,)), FILE.jax_export (the same function as a serialized jax.export
 module) and FILE.json (image size, channel order, value range, thresholds, category, step).
+With --int8 also FILE.int8.onnx and FILE.int8.json: the 8-bit model for CPUs (3x3 convolutions
+quantized by ONNX Runtime, calibrated on K training images), with thresholds chosen again for
+its scores and its test-split metrics beside the float model's (draem_jax/quantize.py).
 """
 
 import sys
@@ -21,6 +25,9 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default
 _OUT = flags.DEFINE_string("out", None, "The ONNX file (default: WORKDIR/export/<step>/"
                            "model.onnx).")
 _BATCH = flags.DEFINE_string("batch", export.DYNAMIC_BATCH, "A fixed batch size, or 'dynamic'.")
+_INT8 = flags.DEFINE_bool("int8", False, "Also write the 8-bit ONNX model FILE.int8.onnx.")
+_CALIBRATION = flags.DEFINE_integer("calibration_images", export.CALIBRATION_IMAGES, "Training images that calibrate "
+                                    "the 8-bit model's activation ranges.")
 
 
 def main(argv):
@@ -28,7 +35,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     paths = export.export_run(_WORKDIR.value, _OUT.value, step=_CHECKPOINT.value,
-                              batch=_BATCH.value)
+                              batch=_BATCH.value, int8=_INT8.value,
+                              calibration_images=_CALIBRATION.value)
   except (ConfigError, DataError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

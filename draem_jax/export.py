@@ -18,11 +18,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from draem_jax import evaluation
 from draem_jax import fileio
 from draem_jax import inference
 from draem_jax import validation
+from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError
 from draem_jax.trainer import EVAL_DIR
 
@@ -30,6 +32,8 @@ ONNX_OPSET = 23
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
 DYNAMIC_BATCH = "dynamic"
+# Training images whose activation ranges calibrate the 8-bit model, by default.
+CALIBRATION_IMAGES = 64
 
 
 def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
@@ -94,8 +98,44 @@ def _batch_dim(batch: int | str) -> int | str:
   return value
 
 
+def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
+                 metadata: dict[str, Any], calibration_images: int) -> dict[str, Path]:
+  """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from draem_jax import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
+  images = pipeline.sample_train_images(run.config, calibration_images)
+  int8_path = float_path.with_suffix(".int8.onnx")
+  num_recon_convs = sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(
+      run.variables["params"]["reconstructive"]) if path[-1].key == "kernel")
+  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0, num_recon_convs,
+                    INPUT_NAME)
+  sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+              for p in (float_path, int8_path)]
+  validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
+  float_thresholds = {k: metadata.get(k) for k in ("image_threshold", "pixel_threshold",
+                                                    "threshold_source", "normalization")
+                      if k in metadata}
+  thresholds, report = quantize.thresholds_and_report(run.config, *sessions, float_thresholds,
+                                                      validated)
+  int8_meta = {k: v for k, v in metadata.items() if k not in float_thresholds}
+  int8_meta.update(thresholds)
+  int8_meta["quantization"] = {
+      "format": "ONNX QDQ, onnxruntime static quantization",
+      "weights": "int8, per output channel, full range",
+      "activations": "uint8, per tensor, MinMax calibration",
+      "calibration_images": int(len(images)),
+      "float_convolutions": quantize.float_conv_names(onnx.load(str(int8_path)),
+                                                      num_recon_convs),
+      "float_model": float_path.name, **report}
+  print(quantize.summary(report))
+  return {"int8_onnx": int8_path,
+          "int8_metadata": fileio.atomic_write_json(int8_path.with_suffix(".json"), int8_meta)}
+
+
 def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
-               step: int | None = None, batch: int | str = DYNAMIC_BATCH) -> dict[str, Path]:
+               step: int | None = None, batch: int | str = DYNAMIC_BATCH,
+               int8: bool = False, calibration_images: int = CALIBRATION_IMAGES) -> dict[str, Path]:
   """Writes `<out>` (ONNX), `<out stem>.jax_export` (StableHLO) and `<out stem>.json`.
 
   Args:
@@ -103,14 +143,20 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
     out: the ONNX file (default: <workdir>/export/<step>/model.onnx).
     step: checkpoint step (default: newest).
     batch: a fixed batch size N, or 'dynamic' for a symbolic batch dimension.
+    int8: also `<out stem>.int8.onnx` and `.int8.json`, the 8-bit model (`quantize`), with
+      its own thresholds and its test-split comparison with the float model.
+    calibration_images: training images that calibrate the 8-bit activation ranges.
 
   Returns:
-    {'onnx', 'jax_export', 'metadata'}: the paths written.
+    {'onnx', 'jax_export', 'metadata'} (and 'int8_onnx', 'int8_metadata'): the paths written.
   """
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
   batch_dim = _batch_dim(batch)
+  if int8 and calibration_images < 1:
+    raise ConfigError(f"--calibration_images={calibration_images}: the 8-bit model needs at "
+                      "least 1 training image (default 64).")
   run = inference.load_run(workdir, step)
   size = int(run.config.data.image_size)
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
@@ -149,6 +195,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
       **deploy_thresholds(workdir, run.step),
   }
   paths["metadata"] = fileio.atomic_write_json(out.with_suffix(".json"), metadata)
+  if int8:
+    paths.update(_export_int8(workdir, run, out, metadata, calibration_images))
   return paths
 
 

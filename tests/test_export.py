@@ -97,6 +97,55 @@ def test_onnx_pool_and_upsample_on_odd_sizes(tmp_path):
   assert pooled.shape == (2, 2, 3, 3) and upsampled.shape == (2, 10, 14, 3)
   np.testing.assert_array_equal(pooled, want_pooled)
   np.testing.assert_allclose(upsampled, want_upsampled, atol=1e-6, rtol=0)
+  from draem_jax import quantize
+  with pytest.raises(ValueError, match="not those of DRAEM's image-space layers"):
+    quantize.float_conv_names(proto, 23)  # A graph without DRAEM's convolutions.
+
+
+def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path):
+  import onnx
+  from sklearn.metrics import precision_recall_curve, roc_auc_score
+  from draem_jax import deploy
+  paths = export.export_run(trained_workdir, tmp_path / "m.onnx", int8=True,
+                            calibration_images=8)
+  assert paths["int8_onnx"].name == "m.int8.onnx"
+  meta = json.loads(paths["int8_metadata"].read_text())
+  quant, report = meta["quantization"], meta["quantization"]["test_split"]
+  assert quant["calibration_images"] == 8 and report["num_images"] == 83
+  # The five convolutions into and out of image space (and the mean filter) stay float; all
+  # other convolutions take their weights through DequantizeLinear.
+  graph = onnx.load(str(paths["int8_onnx"])).graph
+  weights = {t.name: tuple(t.dims) for t in graph.initializer}
+  convs = [n for n in graph.node if n.op_type == "Conv"]
+  float_convs = [n for n in convs if n.input[1] in weights]
+  assert sorted(n.name for n in float_convs) == sorted(quant["float_convolutions"])
+  # (out, in) channels at widths 4: recon first/last, disc first/last, the mean filter.
+  assert sorted(weights[n.input[1]][:2] for n in float_convs) == [
+      (1, 1), (2, 4), (3, 4), (4, 3), (4, 6)]
+  assert len(convs) - len(float_convs) == 47
+  # The report and the thresholds, recomputed with sklearn from both models' test scores.
+  files = sorted((BOTTLE / "test").glob("*/*.png"))
+  labels = np.array([p.parent.name != "good" for p in files])
+  x = np.stack([images_lib.load_image(p, 32) for p in files]).astype(np.float32) / 255.0
+  scores = {}
+  for kind, path in (("float", paths["onnx"]), ("int8", paths["int8_onnx"])):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores[kind] = session.run(None, {"image": x})[1]
+    assert report[kind]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores[kind]),
+                                                        abs=1e-9)
+  precision, recall, thresholds = precision_recall_curve(labels, scores["int8"])
+  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+  assert meta["image_threshold"] == pytest.approx(thresholds[np.argmax(f1[:-1])], abs=1e-7)
+  assert "8-bit" in meta["threshold_source"]
+  float_meta = json.loads(paths["metadata"].read_text())
+  assert meta["image_threshold"] != float_meta["image_threshold"]
+  assert report["max_score_difference"] == pytest.approx(
+      np.abs(scores["int8"] - scores["float"]).max(), abs=1e-7)
+  changed = ((scores["float"] >= float_meta["image_threshold"])
+             != (scores["int8"] >= meta["image_threshold"])).sum()
+  assert report["decisions_changed"] == changed
+  # The runner reads the 8-bit model's own metadata.
+  assert deploy.Model(paths["int8_onnx"]).threshold == meta["image_threshold"]
 
 
 def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
@@ -128,6 +177,8 @@ def test_export_errors(tmp_path):
     export.export_run(tmp_path / "missing")
   with pytest.raises(export.ConfigError, match="--batch"):
     export.export_run(tmp_path, batch="zero")
+  with pytest.raises(export.ConfigError, match="--calibration_images=0"):
+    export.export_run(tmp_path, int8=True, calibration_images=0)
 
 
 def _copy_with_validation_stats(workdir, dest):

@@ -529,6 +529,16 @@ def validation_sources(config: ml_collections.ConfigDict
   return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
 
 
+def sample_train_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
+  """uint8 (min(count, N), S, S, 3): training images spread evenly over the sorted training
+  split (held-out validation images excluded), decoded and resized as for training."""
+  if count < 1:
+    raise ConfigError(f"count={count} training images: ask for at least 1.")
+  table = _TrainImages(open_split(config, "train"), config.data.image_size)
+  index = np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))
+  return np.stack([table[int(i)] for i in index])
+
+
 def load_textures(paths: list[str], size: int) -> np.ndarray:
   """uint8 (len(paths), size, size, 3): textures decoded and resized as for training."""
   table = _Textures(list(paths), size)
