@@ -10,7 +10,9 @@ ratio to PyTorch eager. PyTorch is `bench/torch_draem.py` (its own layers), run 
   python bench/deploy.py --size 256 --batches 1,8 --repeats 2
   python bench/deploy.py --memory        # peak RSS of each backend, each in its own process
 
-Also writes the ONNX file under bench/out/ and reports its size.
+Also writes the ONNX files under bench/out/ (float, and the 8-bit model of export.py --int8,
+row `ort_int8`, calibrated on random images: its speed, not its outputs, means something)
+and reports their sizes.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-BACKENDS = ("jax", "ort_basic", "ort_all", "openvino", "torch")
+BACKENDS = ("jax", "ort_basic", "ort_all", "ort_int8", "openvino", "torch")
 
 
 def _jax_fn(model, variables, filter_size):
@@ -52,6 +54,15 @@ def _export_onnx(model, variables, filter_size, size, path: Path) -> Path:
   return path
 
 
+def _quantize(onnx_path: Path, variables, size: int) -> Path:
+  """The 8-bit model of export.py --int8 (`draem_jax.quantize`), calibrated on 8 random
+  images: the weights are random too, so only its speed and size mean anything."""
+  from draem_jax import export, quantize  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(1).uniform(0, 1, (8, size, size, 3)).astype(np.float32)
+  return quantize.quantize(onnx_path, onnx_path.with_suffix(".int8.onnx"), images,
+                           export.num_recon_convs(variables))
+
+
 def _ort_fn(path: Path, level: str, threads: int):
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   options = ort.SessionOptions()
@@ -59,6 +70,8 @@ def _ort_fn(path: Path, level: str, threads: int):
       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
   options.intra_op_num_threads = threads
+  # Its threads otherwise spin after each call and slow whichever backend runs next.
+  options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
   return lambda x: session.run(None, {"image": x})
 
@@ -90,8 +103,7 @@ def _torch_fn(recon_width, disc_width, filter_size, threads):
   return run
 
 
-def build(names, args):
-  """{backend: fn(x)} and the ONNX file's size."""
+def _model(args):
   import jax  # pylint: disable=g-import-not-at-top
   from configs import mvtec  # pylint: disable=g-import-not-at-top
   from draem_jax import models  # pylint: disable=g-import-not-at-top
@@ -100,17 +112,48 @@ def build(names, args):
   model = models.create_model(config.model)
   variables = jax.jit(lambda k: models.init_variables(
       model, k, (1, args.size, args.size, 3)))(jax.random.key(0))
-  fns, info = {}, {}
+  return model, variables
+
+
+def write_onnx_files(names, args):
+  """(float ONNX path, 8-bit ONNX path, info): the files the backends `names` read, written
+  under bench/out/ unless args.reuse finds them there (then a process running ONNX Runtime or
+  OpenVINO alone never imports JAX: --memory measures them so)."""
+  info = {}
   onnx_path = (REPO / "bench" / "out"
                / f"draem_{args.size}_{args.recon_width}_{args.disc_width}.onnx")
-  if any(n.startswith(("ort", "openvino")) for n in names):
+  int8_path = onnx_path.with_suffix(".int8.onnx")
+  wants_onnx = any(n.startswith(("ort", "openvino")) for n in names)
+  make_onnx = wants_onnx and not (args.reuse and onnx_path.is_file())
+  make_int8 = "ort_int8" in names and not (args.reuse and int8_path.is_file())
+  if make_onnx or make_int8:
+    model, variables = _model(args)
+  if make_onnx:
     t0 = time.perf_counter()
     _export_onnx(model, variables, args.mean_filter_size, args.size, onnx_path)
     info["export_s"] = time.perf_counter() - t0
+  if make_int8:
+    t0 = time.perf_counter()
+    _quantize(onnx_path, variables, args.size)
+    info["quantize_s"] = time.perf_counter() - t0
+  if wants_onnx:
     info["onnx_mib"] = onnx_path.stat().st_size / 2**20
+  if "ort_int8" in names:
+    info["int8_onnx_mib"] = int8_path.stat().st_size / 2**20
+  return onnx_path, int8_path, info
+
+
+def build(names, args):
+  """{backend: fn(x)} and the ONNX files' sizes (`write_onnx_files`)."""
+  onnx_path, int8_path, info = write_onnx_files(names, args)
+  fns = {}
+  if "jax" in names:
+    model, variables = _model(args)
   for name in names:
     if name == "jax":
       fns[name] = _jax_fn(model, variables, args.mean_filter_size)
+    elif name == "ort_int8":
+      fns[name] = _ort_fn(int8_path, "all", args.threads)
     elif name.startswith("ort"):
       fns[name] = _ort_fn(onnx_path, name.split("_")[1], args.threads)
     elif name == "openvino":
@@ -138,12 +181,28 @@ def time_rounds(fns, x, repeats, warmup):
   return {n: statistics.median(t) for n, t in times.items()}
 
 
+def _peak_rss_gib() -> float:
+  """This process's peak resident memory (VmHWM: unlike getrusage's ru_maxrss on Linux, it
+  does not carry the parent's peak across fork + exec)."""
+  for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 2**20  # kB -> GiB
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def memory_mode(args):
-  """Peak RSS of each backend alone at batch max(batches), each in a fresh process."""
+  """Peak RSS (and seconds per image) of each backend alone at batch max(batches), each in a
+  fresh process that loads the ONNX files written here first (so no ONNX process holds JAX
+  or the export); --repeats rounds after --warmup, median."""
+  # Files only, no sessions: each child measures its own peak (`_peak_rss_gib`).
+  write_onnx_files([n for n in args.backends.split(",") if n.startswith(("ort", "openvino"))],
+                   args)
   rows = {}
   for name in args.backends.split(","):
-    cmd = [sys.executable, __file__, "--backends", name, "--batches", args.batches.split(",")[-1],
-           "--repeats", "1", "--warmup", "1", "--size", str(args.size), "--recon_width",
+    cmd = [sys.executable, __file__, "--backends", name, "--reuse",
+           "--batches", args.batches.split(",")[-1],
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--size",
+           str(args.size), "--recon_width",
            str(args.recon_width), "--disc_width", str(args.disc_width), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if done.returncode:
@@ -151,7 +210,9 @@ def memory_mode(args):
       continue
     result = json.loads(done.stdout.strip().splitlines()[-1])
     rows[name] = result["peak_rss_gib"]
-    print(f"{name:10s} peak RSS {rows[name]:.2f} GiB", flush=True)
+    (batch, times), = result["results"].items()
+    print(f"{name:10s} peak RSS {rows[name]:.2f} GiB, alone {times[name] / int(batch):.2f} "
+          "s/image", flush=True)
   return rows
 
 
@@ -167,6 +228,8 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--backends", default=",".join(BACKENDS))
   parser.add_argument("--memory", action="store_true", help="Peak RSS per backend instead.")
+  parser.add_argument("--reuse", action="store_true",
+                      help="Use the ONNX files under bench/out/ if they exist.")
   parser.add_argument("--json", action="store_true", help="Print one JSON line at the end.")
   args = parser.parse_args()
   if args.memory:
@@ -174,7 +237,11 @@ def main():
     return
   fns, info = build(args.backends.split(","), args)
   if "onnx_mib" in info:
-    print(f"ONNX file {info['onnx_mib']:.1f} MiB (export {info['export_s']:.1f} s)", flush=True)
+    print(f"ONNX file {info['onnx_mib']:.1f} MiB (export {info.get('export_s', 0):.1f} s)",
+          flush=True)
+  if "int8_onnx_mib" in info:
+    print(f"8-bit ONNX file {info['int8_onnx_mib']:.1f} MiB (quantization "
+          f"{info.get('quantize_s', 0):.1f} s)", flush=True)
   results = {}
   rng = np.random.default_rng(0)
   for batch in (int(b) for b in args.batches.split(",")):
@@ -182,7 +249,7 @@ def main():
     if "jax" in fns:  # Same function everywhere: the largest difference to JAX's outputs.
       ref_map, ref_score = (np.asarray(a) for a in fns["jax"](x))
       for name, fn in fns.items():
-        if name == "torch":  # Its own (random) weights: a speed reference only.
+        if name in ("torch", "ort_int8"):  # Other weights / 8-bit: a speed reference only.
           continue
         got_map, got_score = (np.asarray(a) for a in fn(x)[:2]) if name != "openvino" else (
             np.asarray(v) for v in fn(x).values())
@@ -195,8 +262,7 @@ def main():
         f"{n} {t:.2f} s ({t / batch:.2f} s/image"
         + (f", {t / ref:.2f}x torch's time)" if ref else ")") for n, t in med.items()), flush=True)
   if args.json:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"results": results, "peak_rss_gib": peak, **info}))
+    print(json.dumps({"results": results, "peak_rss_gib": _peak_rss_gib(), **info}))
 
 
 if __name__ == "__main__":

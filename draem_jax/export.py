@@ -98,6 +98,12 @@ def _batch_dim(batch: int | str) -> int | str:
   return value
 
 
+def num_recon_convs(variables) -> int:
+  """Convolutions of the reconstructive network: its 'kernel' parameters."""
+  return sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(
+      variables["params"]["reconstructive"]) if path[-1].key == "kernel")
+
+
 def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
                  metadata: dict[str, Any], calibration_images: int) -> dict[str, Path]:
   """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
@@ -106,10 +112,8 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
   from draem_jax import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
   images = pipeline.sample_train_images(run.config, calibration_images)
   int8_path = float_path.with_suffix(".int8.onnx")
-  num_recon_convs = sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(
-      run.variables["params"]["reconstructive"]) if path[-1].key == "kernel")
-  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0, num_recon_convs,
-                    INPUT_NAME)
+  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0,
+                    num_recon_convs(run.variables), INPUT_NAME)
   sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
               for p in (float_path, int8_path)]
   validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
@@ -126,7 +130,7 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
       "activations": "uint8, per tensor, MinMax calibration",
       "calibration_images": int(len(images)),
       "float_convolutions": quantize.float_conv_names(onnx.load(str(int8_path)),
-                                                      num_recon_convs),
+                                                      num_recon_convs(run.variables)),
       "float_model": float_path.name, **report}
   print(quantize.summary(report))
   return {"int8_onnx": int8_path,

@@ -83,3 +83,12 @@ def restore_tiny_state(workdir: Path, step: int, total_steps: int):
     return jax.device_get(checkpointer.restore(abstract, step=step))
   finally:
     checkpointer.close()
+
+
+def sklearn_f1_threshold(labels, scores) -> float:
+  """The F1-max threshold from sklearn's precision-recall curve (the highest among ties), an
+  independent reference for `metrics.f1_max`."""
+  from sklearn.metrics import precision_recall_curve  # pylint: disable=g-import-not-at-top
+  precision, recall, thresholds = precision_recall_curve(np.ravel(labels), np.ravel(scores))
+  f1 = (2 * precision * recall / np.maximum(precision + recall, 1e-12))[:-1]
+  return float(thresholds[np.flatnonzero(f1 == f1.max())[-1]])

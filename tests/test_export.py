@@ -133,9 +133,8 @@ def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path
     scores[kind] = session.run(None, {"image": x})[1]
     assert report[kind]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores[kind]),
                                                         abs=1e-9)
-  precision, recall, thresholds = precision_recall_curve(labels, scores["int8"])
-  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-  assert meta["image_threshold"] == pytest.approx(thresholds[np.argmax(f1[:-1])], abs=1e-7)
+  assert meta["image_threshold"] == pytest.approx(helpers.sklearn_f1_threshold(
+      labels, scores["int8"]), abs=1e-7)
   assert "8-bit" in meta["threshold_source"]
   float_meta = json.loads(paths["metadata"].read_text())
   assert meta["image_threshold"] != float_meta["image_threshold"]

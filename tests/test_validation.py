@@ -169,6 +169,30 @@ def _run_cli(*args):
                         text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
+def test_int8_export_of_a_normal_only_run_chooses_its_thresholds_on_validation(tmp_path):
+  # No test split: the 8-bit model's thresholds come from the validation split it scores.
+  import onnxruntime as ort
+  from draem_jax import export
+  config = _folder_config(tmp_path)
+  config.eval.batch_size = 4
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, workdir)
+  paths = export.export_run(workdir, tmp_path / "m.onnx", int8=True, calibration_images=4)
+  meta = json.loads(paths["int8_metadata"].read_text())
+  assert meta["quantization"]["test_split"] is None
+  assert meta["quantization"]["calibration_images"] == 4
+  assert "validation split" in meta["threshold_source"] and "8-bit" in meta["threshold_source"]
+  split = validation.synthetic_split(config)
+  session = ort.InferenceSession(str(paths["int8_onnx"]), providers=["CPUExecutionProvider"])
+  maps, scores = session.run(None, {"image": split["images"]})
+  assert meta["image_threshold"] == pytest.approx(
+      helpers.sklearn_f1_threshold(split["labels"], scores), abs=1e-7)
+  assert meta["pixel_threshold"] == pytest.approx(
+      helpers.sklearn_f1_threshold(split["masks"] > 0.5, maps), abs=1e-7)
+  assert meta["normalization"]["image_min"] == pytest.approx(float(scores.min()), abs=1e-7)
+  assert meta["normalization"]["image_max"] == pytest.approx(float(scores.max()), abs=1e-7)
+
+
 def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   config = _folder_config(tmp_path)
   config.eval.batch_size = 4
