@@ -1,7 +1,7 @@
 """Exports a trained run for deployment.
 
   python export.py --workdir DIR [--checkpoint STEP] [--out FILE.onnx] [--batch N|dynamic]
-                   [--int8 [--calibration_images K]]
+                   [--int8 [--calibration_images K] [--int8_reduce_range]]
 
 Writes FILE.onnx (input `image` float32 (N, H, W, 3) RGB in [0, 1]; outputs `anomaly_map`
 (N, H, W) and `score` (N,)), FILE.jax_export (the same function as a serialized jax.export
@@ -28,6 +28,9 @@ _BATCH = flags.DEFINE_string("batch", export.DYNAMIC_BATCH, "A fixed batch size,
 _INT8 = flags.DEFINE_bool("int8", False, "Also write the 8-bit ONNX model FILE.int8.onnx.")
 _CALIBRATION = flags.DEFINE_integer("calibration_images", export.CALIBRATION_IMAGES, "Training images that calibrate "
                                     "the 8-bit model's activation ranges.")
+_REDUCE_RANGE = flags.DEFINE_bool(
+    "int8_reduce_range", False, "7-bit weights in the 8-bit model: for x86 CPUs without VNNI "
+    "(AVX2 only), whose ONNX Runtime int8 kernels can saturate with full-range weights.")
 
 
 def main(argv):
@@ -36,7 +39,8 @@ def main(argv):
   try:
     paths = export.export_run(_WORKDIR.value, _OUT.value, step=_CHECKPOINT.value,
                               batch=_BATCH.value, int8=_INT8.value,
-                              calibration_images=_CALIBRATION.value)
+                              calibration_images=_CALIBRATION.value,
+                              int8_reduce_range=_REDUCE_RANGE.value)
   except (ConfigError, DataError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -105,7 +105,8 @@ def num_recon_convs(variables) -> int:
 
 
 def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
-                 metadata: dict[str, Any], calibration_images: int) -> dict[str, Path]:
+                 metadata: dict[str, Any], calibration_images: int,
+                 reduce_range: bool) -> dict[str, Path]:
   """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
   import onnx  # pylint: disable=g-import-not-at-top
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
@@ -113,7 +114,7 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
   images = pipeline.sample_train_images(run.config, calibration_images)
   int8_path = float_path.with_suffix(".int8.onnx")
   quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0,
-                    num_recon_convs(run.variables), INPUT_NAME)
+                    num_recon_convs(run.variables), INPUT_NAME, reduce_range=reduce_range)
   sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
               for p in (float_path, int8_path)]
   validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
@@ -126,7 +127,8 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
   int8_meta.update(thresholds)
   int8_meta["quantization"] = {
       "format": "ONNX QDQ, onnxruntime static quantization",
-      "weights": "int8, per output channel, full range",
+      "weights": "int8, per output channel, " + ("7-bit range (reduce_range)" if reduce_range
+                                                  else "full range"),
       "activations": "uint8, per tensor, MinMax calibration",
       "calibration_images": int(len(images)),
       "float_convolutions": quantize.float_conv_names(onnx.load(str(int8_path)),
@@ -139,7 +141,8 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
 
 def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                step: int | None = None, batch: int | str = DYNAMIC_BATCH,
-               int8: bool = False, calibration_images: int = CALIBRATION_IMAGES) -> dict[str, Path]:
+               int8: bool = False, calibration_images: int = CALIBRATION_IMAGES,
+               int8_reduce_range: bool = False) -> dict[str, Path]:
   """Writes `<out>` (ONNX), `<out stem>.jax_export` (StableHLO) and `<out stem>.json`.
 
   Args:
@@ -150,6 +153,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
     int8: also `<out stem>.int8.onnx` and `.int8.json`, the 8-bit model (`quantize`), with
       its own thresholds and its test-split comparison with the float model.
     calibration_images: training images that calibrate the 8-bit activation ranges.
+    int8_reduce_range: 7-bit weights, for CPUs without VNNI (`quantize.quantize`).
 
   Returns:
     {'onnx', 'jax_export', 'metadata'} (and 'int8_onnx', 'int8_metadata'): the paths written.
@@ -200,7 +204,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   }
   paths["metadata"] = fileio.atomic_write_json(out.with_suffix(".json"), metadata)
   if int8:
-    paths.update(_export_int8(workdir, run, out, metadata, calibration_images))
+    paths.update(_export_int8(workdir, run, out, metadata, calibration_images,
+                              int8_reduce_range))
   return paths
 
 

@@ -75,7 +75,8 @@ class _Calibration(ort_quantization.CalibrationDataReader):
 
 
 def quantize(float_path: str | Path, out_path: str | Path, images: np.ndarray,
-             num_recon_convs: int, input_name: str = "image") -> Path:
+             num_recon_convs: int, input_name: str = "image", reduce_range: bool = False
+             ) -> Path:
   """Writes the 8-bit model of `float_path` to `out_path` (atomically); returns out_path.
 
   Args:
@@ -84,6 +85,10 @@ def quantize(float_path: str | Path, out_path: str | Path, images: np.ndarray,
     images: float32 (K, S, S, 3) in [0, 1], the calibration images.
     num_recon_convs: convolutions of the reconstructive network (`float_conv_names`).
     input_name: the model's input.
+    reduce_range: 7-bit weights. ONNX Runtime's uint8 x int8 kernels on x86 CPUs without
+      VNNI (AVX2 only) add pairs of products in int16, which full-range weights can saturate;
+      7-bit weights cannot, at some accuracy (module docstring). With VNNI (or on ARM) keep
+      False.
   """
   q = ort_quantization
   out_path = Path(out_path)
@@ -95,7 +100,7 @@ def quantize(float_path: str | Path, out_path: str | Path, images: np.ndarray,
     q.quantize_static(
         str(prepared), str(quantized), _Calibration(np.asarray(images, np.float32), input_name),
         quant_format=q.QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-        per_channel=True, reduce_range=False, activation_type=q.QuantType.QUInt8,
+        per_channel=True, reduce_range=reduce_range, activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
         nodes_to_exclude=float_conv_names(onnx.load(str(prepared)), num_recon_convs))
     return fileio.atomic_write_bytes(out_path, quantized.read_bytes())

@@ -145,6 +145,16 @@ def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path
   assert report["decisions_changed"] == changed
   # The runner reads the 8-bit model's own metadata.
   assert deploy.Model(paths["int8_onnx"]).threshold == meta["image_threshold"]
+  # Full-range int8 weights, or 7-bit ones for CPUs without VNNI.
+  reduced = export.export_run(trained_workdir, tmp_path / "r.onnx", int8=True,
+                              calibration_images=4, int8_reduce_range=True)
+  assert "7-bit" in json.loads(reduced["int8_metadata"].read_text())["quantization"]["weights"]
+  assert "full range" in quant["weights"]
+  for path, low, high in ((paths["int8_onnx"], -127, 127), (reduced["int8_onnx"], -64, 64)):
+    ints = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert ints and min(w.min() for w in ints) >= low and max(w.max() for w in ints) <= high
+    assert max(np.abs(w.astype(int)).max() for w in ints) > high - 2  # The range is used.
 
 
 def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
