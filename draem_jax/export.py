@@ -113,8 +113,9 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
   from draem_jax import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
   images = pipeline.sample_train_images(run.config, calibration_images)
   int8_path = float_path.with_suffix(".int8.onnx")
-  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0,
-                    num_recon_convs(run.variables), INPUT_NAME, reduce_range=reduce_range)
+  recon_convs = num_recon_convs(run.variables)
+  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0, recon_convs,
+                    INPUT_NAME, reduce_range=reduce_range)
   sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
               for p in (float_path, int8_path)]
   validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
@@ -131,8 +132,7 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
                                                   else "full range"),
       "activations": "uint8, per tensor, MinMax calibration",
       "calibration_images": int(len(images)),
-      "float_convolutions": quantize.float_conv_names(onnx.load(str(int8_path)),
-                                                      num_recon_convs(run.variables)),
+      "float_convolutions": quantize.float_conv_names(onnx.load(str(int8_path)), recon_convs),
       "float_model": float_path.name, **report}
   print(quantize.summary(report))
   return {"int8_onnx": int8_path,

@@ -23,6 +23,7 @@ import jax
 from jax.extend.core import Primitive
 import numpy as np
 import onnx_ir as ir
+# jax2onnx's plugin interface, as its own plugins use it (requirements.txt pins jax2onnx 0.17).
 from jax2onnx.plugins import _ir_shapes
 from jax2onnx.plugins._patching import MonkeyPatchSpec
 from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
