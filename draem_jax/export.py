@@ -25,7 +25,7 @@ from draem_jax import fileio
 from draem_jax import inference
 from draem_jax import validation
 from draem_jax.data import pipeline
-from draem_jax.errors import ConfigError
+from draem_jax.errors import ConfigError, DataError
 from draem_jax.trainer import EVAL_DIR
 
 ONNX_OPSET = 23
@@ -104,18 +104,27 @@ def num_recon_convs(variables) -> int:
       variables["params"]["reconstructive"]) if path[-1].key == "kernel")
 
 
+def _calibration_images(config, count: int) -> np.ndarray:
+  """float32 (K, S, S, 3) in [0, 1]: `count` of the run's training images."""
+  try:
+    images = pipeline.sample_train_images(config, count)
+  except (ConfigError, DataError) as e:
+    raise type(e)(f"--int8 calibrates on the run's training images, which cannot be read: "
+                  f"{e}") from e
+  return images.astype(np.float32) / 255.0
+
+
 def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
-                 metadata: dict[str, Any], calibration_images: int,
+                 metadata: dict[str, Any], images: np.ndarray,
                  reduce_range: bool) -> dict[str, Path]:
   """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
   import onnx  # pylint: disable=g-import-not-at-top
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   from draem_jax import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
-  images = pipeline.sample_train_images(run.config, calibration_images)
   int8_path = float_path.with_suffix(".int8.onnx")
   recon_convs = num_recon_convs(run.variables)
-  quantize.quantize(float_path, int8_path, images.astype(np.float32) / 255.0, recon_convs,
-                    INPUT_NAME, reduce_range=reduce_range)
+  quantize.quantize(float_path, int8_path, images, recon_convs, INPUT_NAME,
+                    reduce_range=reduce_range)
   sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
               for p in (float_path, int8_path)]
   validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
@@ -166,6 +175,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
     raise ConfigError(f"--calibration_images={calibration_images}: the 8-bit model needs at "
                       "least 1 training image (default 64).")
   run = inference.load_run(workdir, step)
+  # Read before anything is written: the 8-bit model needs the training images.
+  calibration = _calibration_images(run.config, calibration_images) if int8 else None
   size = int(run.config.data.image_size)
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
   infer = make_inference_fn(run)
@@ -204,8 +215,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   }
   paths["metadata"] = fileio.atomic_write_json(out.with_suffix(".json"), metadata)
   if int8:
-    paths.update(_export_int8(workdir, run, out, metadata, calibration_images,
-                              int8_reduce_range))
+    paths.update(_export_int8(workdir, run, out, metadata, calibration, int8_reduce_range))
   return paths
 
 

@@ -157,6 +157,19 @@ def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path
     assert max(np.abs(w.astype(int)).max() for w in ints) > high - 2  # The range is used.
 
 
+def test_int8_export_without_the_training_images_writes_nothing(trained_workdir, tmp_path):
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["root"] = str(tmp_path / "moved")
+  config["data"]["tfds_data_dir"] = str(tmp_path / "moved_tfds")
+  (workdir / "config.json").write_text(json.dumps(config))
+  with pytest.raises(export.DataError, match="--int8 calibrates on the run's training images"):
+    export.export_run(workdir, tmp_path / "out" / "m.onnx", int8=True)
+  assert not (tmp_path / "out").exists()
+
+
 def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
   # A run trained with eval.image_score="minus_median": the median (a sort) converts too.
   import shutil
