@@ -65,11 +65,29 @@ def float_conv_names(model, num_recon_convs: int) -> list[str]:
   return [convs[i].name for i in picks]
 
 
-class _Calibration(ort_quantization.CalibrationDataReader):
-  """The calibration images, (K, S, S, 3) float32, fed one at a time."""
+def fixed_batch(model) -> int | None:
+  """The batch size of an ONNX model exported with --batch N, or None (dynamic)."""
+  dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+  return dim.dim_value if dim.HasField("dim_value") else None
 
-  def __init__(self, images: np.ndarray, input_name: str):
-    self._feeds = iter([{input_name: images[i:i + 1]} for i in range(len(images))])
+
+def _batches(images: np.ndarray, batch_size: int):
+  """(batch, n): consecutive batches of `batch_size` images (the last one padded by repeating
+  its first image) and how many of each are real."""
+  for start in range(0, len(images), batch_size):
+    batch = np.asarray(images[start:start + batch_size])
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
+    yield batch, n
+
+
+class _Calibration(ort_quantization.CalibrationDataReader):
+  """The calibration images, (K, S, S, 3) float32, one at a time or in the model's fixed
+  batch (padding repeats an image: the observed ranges do not change)."""
+
+  def __init__(self, images: np.ndarray, input_name: str, batch_size: int):
+    self._feeds = iter([{input_name: batch} for batch, _ in _batches(images, batch_size)])
 
   def get_next(self):
     return next(self._feeds, None)
@@ -98,26 +116,31 @@ def quantize(float_path: str | Path, out_path: str | Path, images: np.ndarray,
     prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
     # Shapes on every tensor and the graph's constants folded, as the quantizer expects.
     shape_inference.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    calibration = _Calibration(np.asarray(images, np.float32), input_name,
+                               fixed_batch(model) or 1)
     q.quantize_static(
-        str(prepared), str(quantized), _Calibration(np.asarray(images, np.float32), input_name),
+        str(prepared), str(quantized), calibration,
         quant_format=q.QuantFormat.QDQ, op_types_to_quantize=["Conv"],
         per_channel=True, reduce_range=reduce_range, activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
-        nodes_to_exclude=float_conv_names(onnx.load(str(prepared)), num_recon_convs))
+        nodes_to_exclude=float_conv_names(model, num_recon_convs))
     return fileio.atomic_write_bytes(out_path, quantized.read_bytes())
 
 
 def run_session(session, images: np.ndarray, batch_size: int = 8
                 ) -> tuple[np.ndarray, np.ndarray]:
-  """(maps (N, S, S), scores (N,)) of an onnxruntime session on float32 or uint8 images."""
-  name = session.get_inputs()[0].name
+  """(maps (N, S, S), scores (N,)) of an onnxruntime session on float32 or uint8 images, in
+  batches of `batch_size` or of the model's fixed batch size."""
+  (model_input,) = session.get_inputs()
+  if isinstance(model_input.shape[0], int):
+    batch_size = model_input.shape[0]
   maps, scores = [], []
-  for start in range(0, len(images), batch_size):
-    x = np.asarray(images[start:start + batch_size])
+  for x, n in _batches(images, batch_size):
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    m, s = session.run(None, {name: x})
-    maps.append(m)
-    scores.append(s)
+    m, s = session.run(None, {model_input.name: x})
+    maps.append(m[:n])
+    scores.append(s[:n])
   return np.concatenate(maps), np.concatenate(scores)
 
 

@@ -178,8 +178,16 @@ def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   config["eval"]["image_score"] = "minus_median"
   (workdir / "config.json").write_text(json.dumps(config))
-  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=3)
+  # A fixed batch of 3: the 8-bit model is calibrated and scored in (padded) batches of 3.
+  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=3, int8=True,
+                            calibration_images=4)
   assert json.loads(paths["metadata"].read_text())["image_score"] == "minus_median"
+  int8_meta = json.loads(paths["int8_metadata"].read_text())
+  assert int8_meta["image_score"] == "minus_median" and int8_meta["input"]["shape"][0] == 3
+  assert int8_meta["quantization"]["test_split"]["num_images"] == 83  # 27 batches + 2 images.
+  import onnx
+  from draem_jax import quantize
+  assert quantize.fixed_batch(onnx.load(str(paths["int8_onnx"]))) == 3
   run = inference.load_run(workdir)
   x = _bottle_batch(32, ["001.png", "002.png", "003.png"])
   maps, want = (np.asarray(a) for a in jax.jit(evaluation.predict_fn_for(
