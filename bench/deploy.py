@@ -11,7 +11,8 @@ ratio to PyTorch eager. PyTorch is `bench/torch_draem.py` (its own layers), run 
   python bench/deploy.py --memory        # peak RSS of each backend, each in its own process
 
 Also writes the ONNX files under bench/out/ (float, and the 8-bit model of export.py --int8,
-row `ort_int8`, calibrated on random images: its speed, not its outputs, means something)
+rows `ort_int8` and `openvino_int8`, calibrated on random images: their speed, not their
+outputs, means something)
 and reports their sizes.
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-BACKENDS = ("jax", "ort_basic", "ort_all", "ort_int8", "openvino", "torch")
+BACKENDS = ("jax", "ort_basic", "ort_all", "ort_int8", "openvino", "openvino_int8", "torch")
 
 
 def _jax_fn(model, variables, filter_size):
@@ -125,7 +126,8 @@ def write_onnx_files(names, args):
   int8_path = onnx_path.with_suffix(".int8.onnx")
   wants_onnx = any(n.startswith(("ort", "openvino")) for n in names)
   make_onnx = wants_onnx and not (args.reuse and onnx_path.is_file())
-  make_int8 = "ort_int8" in names and not (args.reuse and int8_path.is_file())
+  wants_int8 = any(n.endswith("int8") for n in names)
+  make_int8 = wants_int8 and not (args.reuse and int8_path.is_file())
   if make_onnx or make_int8:
     model, variables = _model(args)
   if make_onnx:
@@ -138,7 +140,7 @@ def write_onnx_files(names, args):
     info["quantize_s"] = time.perf_counter() - t0
   if wants_onnx:
     info["onnx_mib"] = onnx_path.stat().st_size / 2**20
-  if "ort_int8" in names:
+  if wants_int8:
     info["int8_onnx_mib"] = int8_path.stat().st_size / 2**20
   return onnx_path, int8_path, info
 
@@ -156,9 +158,9 @@ def build(names, args):
       fns[name] = _ort_fn(int8_path, "all", args.threads)
     elif name.startswith("ort"):
       fns[name] = _ort_fn(onnx_path, name.split("_")[1], args.threads)
-    elif name == "openvino":
+    elif name.startswith("openvino"):
       try:
-        fns[name] = _openvino_fn(onnx_path)
+        fns[name] = _openvino_fn(int8_path if name.endswith("int8") else onnx_path)
       except ImportError:
         print("openvino is not installed: its row is skipped.", flush=True)
     elif name == "torch":
@@ -249,7 +251,7 @@ def main():
     if "jax" in fns:  # Same function everywhere: the largest difference to JAX's outputs.
       ref_map, ref_score = (np.asarray(a) for a in fns["jax"](x))
       for name, fn in fns.items():
-        if name in ("torch", "ort_int8"):  # Other weights / 8-bit: a speed reference only.
+        if name == "torch" or name.endswith("int8"):  # Other weights / 8-bit: speed only.
           continue
         got_map, got_score = (np.asarray(a) for a in fn(x)[:2]) if name != "openvino" else (
             np.asarray(v) for v in fn(x).values())
