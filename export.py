@@ -26,8 +26,9 @@ _OUT = flags.DEFINE_string("out", None, "The ONNX file (default: WORKDIR/export/
                            "model.onnx).")
 _BATCH = flags.DEFINE_string("batch", export.DYNAMIC_BATCH, "A fixed batch size, or 'dynamic'.")
 _INT8 = flags.DEFINE_bool("int8", False, "Also write the 8-bit ONNX model FILE.int8.onnx.")
-_CALIBRATION = flags.DEFINE_integer("calibration_images", export.CALIBRATION_IMAGES, "Training images that calibrate "
-                                    "the 8-bit model's activation ranges.")
+_CALIBRATION = flags.DEFINE_integer(
+    "calibration_images", export.CALIBRATION_IMAGES,
+    "Training images that calibrate the 8-bit model's activation ranges.")
 _REDUCE_RANGE = flags.DEFINE_bool(
     "int8_reduce_range", False, "7-bit weights in the 8-bit model: for x86 CPUs without VNNI "
     "(AVX2 only), whose ONNX Runtime int8 kernels can saturate with full-range weights.")

@@ -52,8 +52,8 @@ def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
             "pixel_threshold": float(validated["pixel_threshold"]),
             "threshold_source": f"validation split of train/good ({validated.get('method')}, "
                                 "thresholds.json)",
-            "normalization": {k: validated[k] for k in ("image_min", "image_max", "pixel_min",
-                                                        "pixel_max") if k in validated}}
+            "normalization": {k: validated[k] for k in validation.NORMALIZATION_KEYS
+                              if k in validated}}
   found = inference.eval_thresholds(workdir, step)
   source = ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
             else "none: run evaluate.py or choose a threshold")
@@ -193,6 +193,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   paths["jax_export"] = fileio.atomic_write_bytes(out.with_suffix(".jax_export"),
                                                   bytes(exported.serialize()))
 
+  filter_size = int(run.config.eval.mean_filter_size)
   metadata = {
       "format": "draem-jax onnx export",
       "category": str(run.config.data.category),
@@ -206,9 +207,9 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
       "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
                   "score": f"float32 (N,), image score "
                            f"'{evaluation.score_kind(run.config.eval)}' (mean filter "
-                           f"{run.config.eval.mean_filter_size}x{run.config.eval.mean_filter_size})"},
+                           f"{filter_size}x{filter_size})"},
       "image_size": size,
-      "mean_filter_size": int(run.config.eval.mean_filter_size),
+      "mean_filter_size": filter_size,
       "image_score": evaluation.score_kind(run.config.eval),
       "onnx_opset": ONNX_OPSET,
       **deploy_thresholds(workdir, run.step),

@@ -178,6 +178,9 @@ def thresholds_and_report(config: ml_collections.ConfigDict, float_session, int8
     validated: the run's thresholds.json (validation split), or None.
   """
   test = _test_split(config)
+  if test is not None:  # Both models' test outputs, computed once for thresholds and report.
+    float_maps, float_scores = run_session(float_session, test["images"])
+    int8_maps, int8_scores = run_session(int8_session, test["images"])
   if validated is not None and pipeline.has_validation_split(config):
     split = validation.synthetic_split(config)
     maps, scores = run_session(int8_session, split["images"])
@@ -188,12 +191,10 @@ def thresholds_and_report(config: ml_collections.ConfigDict, float_session, int8
                   "pixel_threshold": chosen["pixel_threshold"],
                   "threshold_source": f"validation split of train/good ({chosen['method']}), "
                                       "scored by the 8-bit model",
-                  "normalization": {k: chosen[k] for k in ("image_min", "image_max",
-                                                           "pixel_min", "pixel_max")}}
+                  "normalization": {k: chosen[k] for k in validation.NORMALIZATION_KEYS}}
   elif test is not None and float_thresholds["image_threshold"] is not None:
-    maps, scores = run_session(int8_session, test["images"])
-    thresholds = {"image_threshold": metrics_lib.f1_max(test["labels"], scores)[1],
-                  "pixel_threshold": (metrics_lib.f1_max(test["gt"], maps)[1]
+    thresholds = {"image_threshold": metrics_lib.f1_max(test["labels"], int8_scores)[1],
+                  "pixel_threshold": (metrics_lib.f1_max(test["gt"], int8_maps)[1]
                                       if test["gt"] is not None else 0.5),
                   "threshold_source": "f1_max on the test split, scored by the 8-bit model"}
   else:  # The float model has no threshold either: the deployer chooses one.
@@ -201,8 +202,6 @@ def thresholds_and_report(config: ml_collections.ConfigDict, float_session, int8
 
   report: dict[str, Any] = {"test_split": None}
   if test is not None:
-    float_maps, float_scores = run_session(float_session, test["images"])
-    int8_maps, int8_scores = run_session(int8_session, test["images"])
     report["test_split"] = {
         "num_images": int(len(test["labels"])),
         "float": _quality(test["labels"], float_scores, test["gt"], float_maps),

@@ -113,6 +113,10 @@ def describe_split(config: ml_collections.ConfigDict) -> str:
   return f"{held_out} more held out for the validation split"
 
 
+# The min-max statistics of a thresholds.json that normalise scores (`normalize`).
+NORMALIZATION_KEYS = ("image_min", "image_max", "pixel_min", "pixel_max")
+
+
 def decision_threshold(base: float, low: float, high: float, sensitivity: float) -> float:
   """The base threshold moved by the sensitivity: base + (0.5 - sensitivity) * (high - low).
 
