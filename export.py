@@ -8,7 +8,7 @@ Writes FILE.onnx (input `image` float32 (N, H, W, 3) RGB in [0, 1]; outputs `ano
 module) and FILE.json (image size, channel order, value range, thresholds, category, step).
 With --int8 also FILE.int8.onnx and FILE.int8.json: the 8-bit model for CPUs (3x3 convolutions
 quantized by ONNX Runtime, calibrated on K training images), with thresholds chosen again for
-its scores and its test-split metrics beside the float model's (draem_jax/quantize.py).
+its scores and its test-split metrics beside the float model's (draem_jax/deployment/quantize.py).
 """
 
 import sys
@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from draem_jax import export
+from draem_jax.deployment import export
 from draem_jax.errors import ConfigError, DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A folder written by train.py.")

@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from draem_jax import trainer
+from draem_jax.training import trainer
 from draem_jax.errors import ConfigError, DataError, DistributedError
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -28,7 +28,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from bench import torch_draem  # pylint: disable=g-import-not-at-top,wrong-import-position
-from draem_jax import losses, models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from draem_jax.training import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+from draem_jax import models
 
 
 def make_batch(rng, batch, size):

@@ -36,8 +36,10 @@ BACKENDS = ("jax", "ort_basic", "ort_all", "ort_int8", "openvino", "openvino_int
 
 def _jax_fn(model, variables, filter_size):
   import jax  # pylint: disable=g-import-not-at-top
-  from draem_jax import evaluation, models, parallel  # pylint: disable=g-import-not-at-top
-  predict = evaluation.make_predict_fn(model, filter_size)
+  from draem_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from draem_jax import models
+  from draem_jax.training import parallel
+  predict = evaluator.make_predict_fn(model, filter_size)
   mesh = parallel.make_mesh(jax.devices()[:1])
   jitted = jax.jit(predict, compiler_options=models.xla_compiler_options(mesh))
   return lambda x: jax.block_until_ready(jitted(variables, x))
@@ -46,9 +48,10 @@ def _jax_fn(model, variables, filter_size):
 def _export_onnx(model, variables, filter_size, size, path: Path) -> Path:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from draem_jax import evaluation, export  # pylint: disable=g-import-not-at-top
+  from draem_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from draem_jax.deployment import export
   host = jax.device_get(variables)
-  predict = evaluation.make_predict_fn(model, filter_size)
+  predict = evaluator.make_predict_fn(model, filter_size)
   proto = export.onnx_model(lambda x: predict(host, x.astype(jnp.float32)), "N", size)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(proto.SerializeToString())
@@ -56,9 +59,10 @@ def _export_onnx(model, variables, filter_size, size, path: Path) -> Path:
 
 
 def _quantize(onnx_path: Path, variables, size: int) -> Path:
-  """The 8-bit model of export.py --int8 (`draem_jax.quantize`), calibrated on 8 random
+  """The 8-bit model of export.py --int8 (`draem_jax.deployment.quantize`), calibrated on 8 random
   images: the weights are random too, so only its speed and size mean anything."""
-  from draem_jax import export, quantize  # pylint: disable=g-import-not-at-top
+  from draem_jax.deployment import export  # pylint: disable=g-import-not-at-top
+  from draem_jax.deployment import quantize
   images = np.random.default_rng(1).uniform(0, 1, (8, size, size, 3)).astype(np.float32)
   return quantize.quantize(onnx_path, onnx_path.with_suffix(".int8.onnx"), images,
                            export.num_recon_convs(variables))

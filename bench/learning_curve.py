@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from draem_jax import metric_writers  # pylint: disable=wrong-import-position
+from draem_jax.training import metric_writers  # pylint: disable=wrong-import-position
 
 
 def main():

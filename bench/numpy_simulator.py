@@ -1,6 +1,6 @@
 """A numpy, one-sample-at-a-time implementation of DRAEM's anomaly simulator.
 
-The speed baseline of bench/simulator.py: the same sampler as draem_jax.simulator
+The speed baseline of bench/simulator.py: the same sampler as draem_jax.simulation.simulator
 (DRAEM_SPEC section 4), written the way a per-sample data loader would do it (numpy on the
 host, one image at a time, numpy's Generator for the draws). It shares no code with
 draem_jax. Perlin noise follows the reference implementation's tiling (the image size must be

@@ -72,16 +72,18 @@ REVERSIONS["baseline"] = {k: v for r in list(REVERSIONS.values()) for k, v in r.
 
 @contextlib.contextmanager
 def reverted(name):
-  """Temporarily replaces draem_jax.models attributes (they are looked up while tracing)."""
+  """Temporarily replaces attributes of draem_jax.models and of the modules where they are
+  looked up while tracing (models.layers, models.networks)."""
   patch = REVERSIONS.get(name, {})
-  saved = {k: getattr(models, k) for k in patch}
-  for k, v in patch.items():
-    setattr(models, k, v)
+  modules = (models, models.layers, models.networks)
+  saved = [(m, k, getattr(m, k)) for m in modules for k in patch if hasattr(m, k)]
+  for m, k, _ in saved:
+    setattr(m, k, patch[k])
   try:
     yield
   finally:
-    for k, v in saved.items():
-      setattr(models, k, v)
+    for m, k, v in saved:
+      setattr(m, k, v)
 
 
 def ablation(args, batch):

@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
-from draem_jax import metrics, report
+from draem_jax.evaluation import metrics
+from draem_jax.evaluation import report
 
 
 def synthetic_split(size: int, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Robustness of a trained run to nuisance changes of its test images (draem_jax.perturb).
+"""Robustness of a trained run to nuisance changes of its test images (draem_jax.simulation.perturb).
 
   python bench/robustness.py --workdir workdirs/bottle_cpu [--step N] [--out table.md]
 
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
 from draem_jax import data as data_lib
-from draem_jax import evaluation
+from draem_jax.evaluation import evaluator
 from draem_jax import fileio
 from draem_jax import inference
-from draem_jax import metrics as metrics_lib
-from draem_jax import parallel
-from draem_jax import perturb
+from draem_jax.evaluation import metrics as metrics_lib
+from draem_jax.training import parallel
+from draem_jax.simulation import perturb
 
 
 def image_scores(maps: np.ndarray, size: int) -> dict[str, np.ndarray]:
@@ -65,9 +65,9 @@ def main():
   run = inference.load_run(args.workdir, args.step)
   ev = run.config.eval
   eval_ds = data_lib.make_eval_dataset(run.config)
-  predict = evaluation.jit_predict_fn(
-      evaluation.make_predict_fn(run.model, ev.mean_filter_size), run.mesh)
-  clean = evaluation.predict_split(predict, run.variables, eval_ds, run.mesh)
+  predict = evaluator.jit_predict_fn(
+      evaluator.make_predict_fn(run.model, ev.mean_filter_size), run.mesh)
+  clean = evaluator.predict_split(predict, run.variables, eval_ds, run.mesh)
   labels = np.asarray(eval_ds.labels)
   good = labels == 0
   images = clean["images"]

@@ -1,4 +1,4 @@
-"""Anomaly simulator speed: jitted draem_jax.simulator vs a numpy per-sample implementation.
+"""Anomaly simulator speed: jitted draem_jax.simulation.simulator vs a numpy per-sample implementation.
 
 Per-sample wall time of one simulated batch (rotation, Perlin mask, three texture augmenters,
 blend; DRAEM_SPEC section 4) at --size, for each batch size and batching mode of the jitted
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # pylint: disable=wrong-import-position
 import numpy_simulator
 from configs import mvtec
-from draem_jax import simulator
+from draem_jax.simulation import simulator
 
 
 def _time_interleaved(fns, repeats):

@@ -3,7 +3,7 @@
 Each cell shows one sample as three tiles: the clean target, the mask, the augmented input,
 with the sample's texture augmenters and blend factor written underneath. Images and textures
 are read with PIL, converted to RGB and resized to --size (bilinear), then simulated on the
-device by draem_jax.simulator with the paper's settings, except that --anomaly_prob (default
+device by draem_jax.simulation.simulator with the paper's settings, except that --anomaly_prob (default
 1) lets every sample show an anomaly.
 
   python bench/simulator_grid.py --out bench/out/simulator_grid.png
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
 from configs import mvtec
-from draem_jax import augment
-from draem_jax import simulator
+from draem_jax.simulation import augment
+from draem_jax.simulation import simulator
 
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

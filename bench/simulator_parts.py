@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
 from configs import mvtec
-from draem_jax import augment, simulator
+from draem_jax.simulation import augment
+from draem_jax.simulation import simulator
 
 
 def per_sample_ms(rows, batch: int, repeats: int) -> list[float]:

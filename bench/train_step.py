@@ -5,7 +5,7 @@ alternation (one JAX call, one PyTorch call, ...) so that load from other proces
 shared machine hits both alike:
 
 * train: forward R and D in training mode (BatchNorm batch statistics), l2 + (1 - SSIM) +
-  focal loss, backward, Adam update. JAX: `draem_jax.train_step.make_train_step` jitted with
+  focal loss, backward, Adam update. JAX: `draem_jax.training.train_step.make_train_step` jitted with
   the state donated, on a pre-simulated batch {'target', 'augmented', 'mask'}; PyTorch:
   bench/torch_draem.py with torch.optim.Adam.
 * infer: forward R and D in eval mode (BatchNorm running statistics) and the anomaly map
@@ -40,8 +40,9 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import mvtec  # pylint: disable=g-import-not-at-top,wrong-import-position
-from draem_jax import models, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from draem_jax import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from draem_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from draem_jax.training import parallel
+from draem_jax.training import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def peak_rss_gib() -> float:

@@ -13,13 +13,13 @@ from pathlib import Path
 import ml_collections
 
 from draem_jax import fileio
-from draem_jax import simulator
+from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 PROTOCOLS = ("paper", "standard")
 # eval.image_score: the paper's, and two alternatives steadier under global lighting changes
-# (draem_jax.evaluation.image_score).
+# (draem_jax.evaluation.evaluator.image_score).
 IMAGE_SCORES = ("paper", "minus_median", "p99")
 DTYPES = ("float32", "bfloat16")
 

@@ -18,21 +18,21 @@ from absl import logging
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from draem_jax import checkpointing
+from draem_jax.training import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
-from draem_jax import evaluation
+from draem_jax.evaluation import evaluator
 from draem_jax import fileio
-from draem_jax import metrics as metrics_lib
+from draem_jax.evaluation import metrics as metrics_lib
 from draem_jax import models
-from draem_jax import parallel
-from draem_jax import report
-from draem_jax import train_step as train_step_lib
-from draem_jax import validation
-from draem_jax import visualize
+from draem_jax.training import parallel
+from draem_jax.evaluation import report
+from draem_jax.training import train_step as train_step_lib
+from draem_jax.evaluation import validation
+from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
 from draem_jax.errors import ConfigError
-from draem_jax.trainer import CHECKPOINT_DIR, EVAL_DIR
+from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
 
 class LoadedRun(NamedTuple):
@@ -105,7 +105,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
     out = Path(out) if out else run_dir / EVAL_DIR / str(run.step)
     thresholds = validation.thresholds_for(config, run.variables, run.model, run.mesh,
                                            run_dir / EVAL_DIR / str(run.step), step=run.step)
-    result = evaluation.evaluate(config, run.variables, run.model, run.mesh, out,
+    result = evaluator.evaluate(config, run.variables, run.model, run.mesh, out,
                                  step=run.step, write_overlays=write_overlays,
                                  thresholds=thresholds)
     results[str(config.data.category)] = result
@@ -134,7 +134,7 @@ find_images = images_lib.find_images
 
 def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:
   """Image and pixel F1-max thresholds from `workdir/eval/<step>/metrics.json` (if present)."""
-  path = workdir / EVAL_DIR / str(step) / evaluation.METRICS_FILE
+  path = workdir / EVAL_DIR / str(step) / evaluator.METRICS_FILE
   if not path.is_file():
     return {}
   saved = json.loads(path.read_text())
@@ -200,8 +200,8 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
   size = config.data.image_size
   batch_size = config.eval.batch_size
   parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
-  predict = evaluation.jit_predict_fn(
-      evaluation.predict_fn_for(run.model, config.eval), run.mesh)
+  predict = evaluator.jit_predict_fn(
+      evaluator.predict_fn_for(run.model, config.eval), run.mesh)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = _output_names(paths)

@@ -72,8 +72,10 @@ def make_textures(root: Path, count: int = 6, size: int = 48, seed: int = 1) -> 
 def restore_tiny_state(workdir: Path, step: int, total_steps: int):
   """Checkpoint `step` of a `tiny_config` run (32x32, widths 4) as numpy arrays."""
   import jax  # pylint: disable=g-import-not-at-top
-  from draem_jax import checkpointing, models, parallel  # pylint: disable=g-import-not-at-top
-  from draem_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  from draem_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from draem_jax import models
+  from draem_jax.training import parallel
+  from draem_jax.training import train_step as ts  # pylint: disable=g-import-not-at-top
   model = models.DRAEM(4, 4)
   tx = ts.make_optimizer(tiny_config().optim, total_steps)
   mesh = parallel.make_mesh(jax.devices()[:1])

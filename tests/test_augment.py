@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
 
-from draem_jax import augment
+from draem_jax.simulation import augment
 
 _RNG = np.random.default_rng(0)
 # Random RGB, a low-contrast version (autocontrast/equalize have work to do), a constant image

@@ -14,7 +14,7 @@ from PIL import Image
 
 import helpers
 from draem_jax import config_lib
-from draem_jax import trainer
+from draem_jax.training import trainer
 from draem_jax.errors import ConfigError, DataError
 
 BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import helpers
-from draem_jax import config_lib, evaluation, metric_writers, metrics
+from draem_jax import config_lib
+from draem_jax.evaluation import evaluator
+from draem_jax.training import metric_writers
+from draem_jax.evaluation import metrics
 from draem_jax.errors import ConfigError
 
 
@@ -16,13 +19,13 @@ def test_device_mean_filter_matches_host_reference():
   maps = rng.uniform(size=(3, 40, 56)).astype(np.float32)
   maps[1, 5:12, 30:45] = 1.0  # A bright blob: the max sits where the filter covers it.
   for size in (21, 5, 1):
-    got = np.asarray(evaluation.mean_filter_max(jnp.asarray(maps), size))
+    got = np.asarray(evaluator.mean_filter_max(jnp.asarray(maps), size))
     np.testing.assert_allclose(got, metrics.mean_filter_max(maps, size), rtol=1e-5)
   # Padding counts in the average: ones only in the 11x11 corner block read 11 * 11 / 21^2 =
   # 0.274 (the spec's corner value of an all-ones map); an all-ones map reads 1 inside.
-  assert float(evaluation.mean_filter_max(jnp.ones((1, 64, 64)), 21)[0]) == pytest.approx(1.0)
+  assert float(evaluator.mean_filter_max(jnp.ones((1, 64, 64)), 21)[0]) == pytest.approx(1.0)
   corner_only = jnp.zeros((1, 64, 64)).at[0, :11, :11].set(1.0)
-  assert float(evaluation.mean_filter_max(corner_only, 21)[0]) == pytest.approx(121 / 441)
+  assert float(evaluator.mean_filter_max(corner_only, 21)[0]) == pytest.approx(121 / 441)
 
 
 def test_alternative_image_scores_match_numpy():
@@ -33,23 +36,23 @@ def test_alternative_image_scores_match_numpy():
   want = {"paper": filtered.max(axis=(1, 2)),
           "minus_median": filtered.max(axis=(1, 2)) - np.median(filtered, axis=(1, 2)),
           "p99": np.percentile(maps, 99, axis=(1, 2))}
-  assert set(want) == set(evaluation.IMAGE_SCORES)
+  assert set(want) == set(evaluator.IMAGE_SCORES)
   for kind, ref in want.items():
-    got = np.asarray(evaluation.image_score(jnp.asarray(maps), 9, kind))
+    got = np.asarray(evaluator.image_score(jnp.asarray(maps), 9, kind))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=kind)
   # Hand-computed: a map that rises by 0.2 everywhere keeps its minus_median score (away from
   # the zero-padded border the filtered map rises by 0.2 too), while the paper's score rises.
   flat = jnp.zeros((1, 64, 64)).at[0, 28:36, 28:36].set(0.8)
   risen = flat + 0.2
-  med = lambda m: float(evaluation.image_score(m, 5, "minus_median")[0])
+  med = lambda m: float(evaluator.image_score(m, 5, "minus_median")[0])
   assert med(risen) == pytest.approx(med(flat), abs=1e-6)
-  assert float(evaluation.image_score(risen, 5, "paper")[0]) == pytest.approx(
-      float(evaluation.image_score(flat, 5, "paper")[0]) + 0.2, abs=1e-6)
+  assert float(evaluator.image_score(risen, 5, "paper")[0]) == pytest.approx(
+      float(evaluator.image_score(flat, 5, "paper")[0]) + 0.2, abs=1e-6)
   # 99th percentile of 0..99 (linear interpolation): 98.01.
   ramp = jnp.arange(100.0).reshape(1, 10, 10)
-  assert float(evaluation.image_score(ramp, 5, "p99")[0]) == pytest.approx(98.01, abs=1e-4)
+  assert float(evaluator.image_score(ramp, 5, "p99")[0]) == pytest.approx(98.01, abs=1e-4)
   with pytest.raises(ValueError, match="eval.image_score"):
-    evaluation.make_predict_fn(None, 21, "max")
+    evaluator.make_predict_fn(None, 21, "max")
 
 
 @pytest.mark.parametrize("field,value", [

@@ -8,7 +8,11 @@ import onnxruntime as ort
 import pytest
 
 import helpers
-from draem_jax import config_lib, evaluation, export, inference, trainer
+from draem_jax import config_lib
+from draem_jax.evaluation import evaluator
+from draem_jax.deployment import export
+from draem_jax import inference
+from draem_jax.training import trainer
 from draem_jax.data import images as images_lib
 
 BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
@@ -41,7 +45,7 @@ def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
   assert meta["image_threshold"] == pytest.approx(saved["f1_threshold"])
   assert meta["pixel_threshold"] == pytest.approx(saved["pixel_f1_threshold"])
   run = inference.load_run(trained_workdir)
-  predict = jax.jit(evaluation.make_predict_fn(run.model, run.config.eval.mean_filter_size))
+  predict = jax.jit(evaluator.make_predict_fn(run.model, run.config.eval.mean_filter_size))
   session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
   exported = export.load_jax_export(paths["jax_export"])
   for names in (["000.png"], ["001.png", "002.png", "003.png"]):
@@ -64,7 +68,7 @@ def _op_counts(model_proto) -> dict[str, int]:
 
 
 def test_onnx_graph_keeps_one_layout(trained_workdir, tmp_path):
-  # Pooling and upsampling are single MaxPool / Resize nodes (draem_jax.onnx_ops), so that
+  # Pooling and upsampling are single MaxPool / Resize nodes (draem_jax.deployment.onnx_ops), so that
   # ONNX Runtime cancels every NHWC<->NCHW transpose but the input's and the output's.
   import onnx
   paths = export.export_run(trained_workdir, tmp_path / "m.onnx")
@@ -76,19 +80,21 @@ def test_onnx_graph_keeps_one_layout(trained_workdir, tmp_path):
   options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
   ort.InferenceSession(str(paths["onnx"]), options, providers=["CPUExecutionProvider"])
   assert _op_counts(onnx.load(options.optimized_model_filepath)).get("Transpose", 0) <= 2
-  from draem_jax import models, onnx_ops
+  from draem_jax import models
+  from draem_jax.deployment import onnx_ops
   # The replacement is in force only while jax2onnx traces.
-  assert models.upsample2x_align_corners is not onnx_ops._UPSAMPLE.bind
-  assert models._max_pool is not onnx_ops._max_pool_for_onnx
+  assert models.layers.upsample2x_align_corners is not onnx_ops._UPSAMPLE.bind
+  assert models.layers._max_pool is not onnx_ops._max_pool_for_onnx
 
 
 def test_onnx_pool_and_upsample_on_odd_sizes(tmp_path):
   # The ONNX MaxPool drops odd trailing rows/columns as the model's pool does, and Resize
   # interpolates as the model's align-corners upsampling, for sizes the full model never sees.
   from jax2onnx import to_onnx
-  from draem_jax import models, onnx_ops  # pylint: disable=unused-import
+  from draem_jax import models  # pylint: disable=unused-import
+  from draem_jax.deployment import onnx_ops
   x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
-  fn = lambda x: (models._max_pool(x), models.upsample2x_align_corners(x))
+  fn = lambda x: (models.layers._max_pool(x), models.layers.upsample2x_align_corners(x))
   proto = to_onnx(fn, inputs=[x.shape], opset=export.ONNX_OPSET)
   assert {"MaxPool", "Resize"} <= set(_op_counts(proto))
   session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -97,7 +103,7 @@ def test_onnx_pool_and_upsample_on_odd_sizes(tmp_path):
   assert pooled.shape == (2, 2, 3, 3) and upsampled.shape == (2, 10, 14, 3)
   np.testing.assert_array_equal(pooled, want_pooled)
   np.testing.assert_allclose(upsampled, want_upsampled, atol=1e-6, rtol=0)
-  from draem_jax import quantize
+  from draem_jax.deployment import quantize
   with pytest.raises(ValueError, match="not those of DRAEM's image-space layers"):
     quantize.float_conv_names(proto, 23)  # A graph without DRAEM's convolutions.
 
@@ -105,7 +111,7 @@ def test_onnx_pool_and_upsample_on_odd_sizes(tmp_path):
 def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path):
   import onnx
   from sklearn.metrics import precision_recall_curve, roc_auc_score
-  from draem_jax import deploy
+  from draem_jax.deployment import runner
   paths = export.export_run(trained_workdir, tmp_path / "m.onnx", int8=True,
                             calibration_images=8)
   assert paths["int8_onnx"].name == "m.int8.onnx"
@@ -144,7 +150,7 @@ def test_int8_export_has_its_own_thresholds_and_report(trained_workdir, tmp_path
              != (scores["int8"] >= meta["image_threshold"])).sum()
   assert report["decisions_changed"] == changed
   # The runner reads the 8-bit model's own metadata.
-  assert deploy.Model(paths["int8_onnx"]).threshold == meta["image_threshold"]
+  assert runner.Model(paths["int8_onnx"]).threshold == meta["image_threshold"]
   # Full-range int8 weights, or 7-bit ones for CPUs without VNNI.
   reduced = export.export_run(trained_workdir, tmp_path / "r.onnx", int8=True,
                               calibration_images=4, int8_reduce_range=True)
@@ -186,17 +192,17 @@ def test_export_of_an_alternative_image_score(trained_workdir, tmp_path):
   assert int8_meta["image_score"] == "minus_median" and int8_meta["input"]["shape"][0] == 3
   assert int8_meta["quantization"]["test_split"]["num_images"] == 83  # 27 batches + 2 images.
   import onnx
-  from draem_jax import quantize
+  from draem_jax.deployment import quantize
   assert quantize.fixed_batch(onnx.load(str(paths["int8_onnx"]))) == 3
   run = inference.load_run(workdir)
   x = _bottle_batch(32, ["001.png", "002.png", "003.png"])
-  maps, want = (np.asarray(a) for a in jax.jit(evaluation.predict_fn_for(
+  maps, want = (np.asarray(a) for a in jax.jit(evaluator.predict_fn_for(
       run.model, run.config.eval))(jax.device_get(run.variables), x))
-  np.testing.assert_allclose(want, np.asarray(evaluation.image_score(maps, 21, "minus_median")))
+  np.testing.assert_allclose(want, np.asarray(evaluator.image_score(maps, 21, "minus_median")))
   session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
   _, scores = session.run(None, {"image": x})
   np.testing.assert_allclose(scores, want, atol=1e-4, rtol=0)
-  assert not np.allclose(want, np.asarray(evaluation.image_score(maps, 21, "paper")))
+  assert not np.allclose(want, np.asarray(evaluator.image_score(maps, 21, "paper")))
 
 
 def test_export_errors(tmp_path):
@@ -235,7 +241,7 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   import csv
   import subprocess
   import sys
-  from draem_jax import deploy
+  from draem_jax.deployment import runner
   workdir = _copy_with_validation_stats(trained_workdir, tmp_path / "run")
   paths = export.export_run(workdir, tmp_path / "m.onnx", batch=1)
   assert json.loads(paths["metadata"].read_text())["normalization"]["image_max"] == 0.75
@@ -251,8 +257,8 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   threshold = _threshold_between([r["score"] for r in first])
   inference.predict_images(workdir, str(inputs), tmp_path / "pred", threshold=threshold,
                            write_overlays=False)
-  code = ("import sys; from draem_jax import deploy; "
-          f"rc = deploy.main(['--model', r'{paths['onnx']}', '--images', r'{inputs}', "
+  code = ("import sys; from draem_jax.deployment import runner; "
+          f"rc = runner.main(['--model', r'{paths['onnx']}', '--images', r'{inputs}', "
           f"'--out', r'{tmp_path / 'dep'}', '--threshold', '{threshold!r}']); "
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
           "print('JAXMODULES', bad); sys.exit(rc)")
@@ -272,14 +278,14 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
     assert g["anomalous"] == w["anomalous"], (g, w)
   assert (tmp_path / "dep" / "000.png").is_file()
 
-  model = deploy.Model(paths["onnx"])
-  with pytest.raises(deploy.DataError, match="must be"):
+  model = runner.Model(paths["onnx"])
+  with pytest.raises(runner.DataError, match="must be"):
     model(np.zeros((1, 64, 64, 3), np.float32))
-  with pytest.raises(deploy.DataError, match="must be"):
+  with pytest.raises(runner.DataError, match="must be"):
     model(np.zeros((1, 32, 32, 1), np.float32))
   corrupt = tmp_path / "corrupt.onnx"
   corrupt.write_bytes(paths["onnx"].read_bytes()[:1000])
   corrupt.with_suffix(".json").write_text(paths["metadata"].read_text())
-  with pytest.raises(deploy.DataError, match="not a readable ONNX"):
-    deploy.Model(corrupt)
+  with pytest.raises(runner.DataError, match="not a readable ONNX"):
+    runner.Model(corrupt)
 

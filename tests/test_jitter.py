@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import mvtec
-from draem_jax import simulator
+from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
 BATCH, SIZE = 6, 32

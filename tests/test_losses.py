@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from draem_jax import losses
+from draem_jax.training import losses
 
 
 def _skimage_ssim_map(x, y, data_range):

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from draem_jax import metrics
+from draem_jax.evaluation import metrics
 from draem_jax.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------

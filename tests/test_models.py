@@ -176,7 +176,8 @@ def test_create_model_rejects_bad_config():
 def test_xla_cpu_compiler_options_and_fallback(monkeypatch):
   assert models.xla_compiler_options(jax.devices()) == models.XLA_CPU_COMPILER_OPTIONS
   # A jaxlib whose XLA lacks the option: compile without options instead of failing.
-  monkeypatch.setattr(models, "XLA_CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_test": ""})
+  monkeypatch.setattr(models.networks, "XLA_CPU_COMPILER_OPTIONS",
+                      {"xla_no_such_option_for_test": ""})
   models._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
   try:
     assert models.xla_compiler_options(jax.devices()) is None

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import helpers
-from draem_jax import parallel
+from draem_jax.training import parallel
 
 TOTAL_STEPS = 12
 BATCH = 4  # Global batch: 2 rows per process.

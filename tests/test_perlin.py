@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from draem_jax import perlin
+from draem_jax.simulation import perlin
 
 
 def _tiled_reference(gradients, res, shape):

@@ -1,4 +1,4 @@
-"""draem_jax.perturb against independent numpy / PIL / scipy definitions."""
+"""draem_jax.simulation.perturb against independent numpy / PIL / scipy definitions."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
-from draem_jax import perturb
+from draem_jax.simulation import perturb
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from PIL import Image
 import pytest
 from sklearn import metrics as skm
 
-from draem_jax import metrics, report, visualize
+from draem_jax.evaluation import metrics
+from draem_jax.evaluation import report
+from draem_jax.evaluation import visualize
 
 # Three groups; the scores put one defective image of each type below the threshold (0.5,
 # set below) and one good image above it.

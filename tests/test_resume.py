@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import helpers
-from draem_jax import checkpointing, models, parallel
-from draem_jax import train_step as ts
+from draem_jax.training import checkpointing
+from draem_jax import models
+from draem_jax.training import parallel
+from draem_jax.training import train_step as ts
 
 # Long enough that a signal sent when a checkpoint appears lands well before the end (a step
 # of this toy model takes ~50 ms, a checkpoint of its ~700 arrays ~2 s; startup and

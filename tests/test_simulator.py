@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from configs import mvtec
-from draem_jax import augment
-from draem_jax import simulator
+from draem_jax.simulation import augment
+from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
 CFG = mvtec.get_config().simulator
@@ -279,11 +279,11 @@ def test_draws_follow_config():
 
 @pytest.mark.parametrize("explicit", [False, True])
 def test_sharded_batch(reduced_run, data, explicit):
-  """Under the train step's data-parallel jit: draem_jax.parallel's mesh (Auto axes, the
+  """Under the train step's data-parallel jit: draem_jax.training.parallel's mesh (Auto axes, the
   per-sample loop) and an Explicit-axes mesh (where the loop cannot run over the sharded
   axis and the simulator vectorises instead); 4 virtual CPU devices (tests/conftest.py)."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec  # pylint: disable=C0415
-  from draem_jax import parallel  # pylint: disable=C0415
+  from draem_jax.training import parallel  # pylint: disable=C0415
   images, textures = data
   if explicit:
     mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from configs import mvtec
-from draem_jax import losses, models, parallel
-from draem_jax import train_step as ts
+from draem_jax.training import losses
+from draem_jax import models
+from draem_jax.training import parallel
+from draem_jax.training import train_step as ts
 
 IMAGE = (32, 32)
 BATCH = 4

@@ -14,10 +14,10 @@ import sklearn.metrics as skm
 from PIL import Image
 
 import helpers
-from draem_jax import evaluation
-from draem_jax import metrics
-from draem_jax import trainer
-from draem_jax import validation
+from draem_jax.evaluation import evaluator
+from draem_jax.evaluation import metrics
+from draem_jax.training import trainer
+from draem_jax.evaluation import validation
 from draem_jax.data import folder
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError, DataError
@@ -97,7 +97,7 @@ def test_thresholds_normalisation_and_metrics_against_references():
   with pytest.raises(ConfigError, match="sensitivity=1.0"):
     validation.with_sensitivity(chosen, 1.0)
   # Test-split metrics at a given threshold, against sklearn.
-  got = evaluation.threshold_metrics(labels, scores, masks > 0.5, maps, chosen)
+  got = evaluator.threshold_metrics(labels, scores, masks > 0.5, maps, chosen)
   predicted = scores >= chosen["image_threshold"]
   assert got["image_precision"] == pytest.approx(skm.precision_score(labels, predicted))
   assert got["image_recall"] == pytest.approx(skm.recall_score(labels, predicted))
@@ -172,7 +172,7 @@ def _run_cli(*args):
 def test_int8_export_of_a_normal_only_run_chooses_its_thresholds_on_validation(tmp_path):
   # No test split: the 8-bit model's thresholds come from the validation split it scores.
   import onnxruntime as ort
-  from draem_jax import export
+  from draem_jax.deployment import export
   config = _folder_config(tmp_path)
   config.eval.batch_size = 4
   workdir = tmp_path / "run"

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from draem_jax import visualize
+from draem_jax.evaluation import visualize
 
 
 def _image(h=20, w=30, seed=0):

@@ -1,6 +1,6 @@
 """Exporting a trained run for deployment: ONNX, a serialized `jax.export` module, metadata.
 
-The exported function is the run's inference exactly as `evaluation.make_predict_fn` computes
+The exported function is the run's inference exactly as `evaluator.make_predict_fn` computes
 it, with the checkpoint's variables baked in as constants:
 
   image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size
@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from draem_jax import evaluation
+from draem_jax.evaluation import evaluator
 from draem_jax import fileio
 from draem_jax import inference
-from draem_jax import validation
+from draem_jax.evaluation import validation
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError, DataError
-from draem_jax.trainer import EVAL_DIR
+from draem_jax.training.trainer import EVAL_DIR
 
 ONNX_OPSET = 23
 INPUT_NAME = "image"
@@ -65,7 +65,7 @@ def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
 def make_inference_fn(run: inference.LoadedRun):
   """`f(image) -> (anomaly_map, score)` with the run's variables as host constants."""
   variables = jax.device_get(run.variables)
-  predict = evaluation.predict_fn_for(run.model, run.config.eval)
+  predict = evaluator.predict_fn_for(run.model, run.config.eval)
 
   def infer(image):
     return predict(variables, image.astype(jnp.float32))
@@ -81,7 +81,7 @@ def onnx_model(infer, batch_dim: int | str, size: int):
   """
   # Export-only dependencies, imported here so that training never needs them.
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
-  from draem_jax import onnx_ops  # pylint: disable=g-import-not-at-top,unused-import
+  from draem_jax.deployment import onnx_ops  # pylint: disable=g-import-not-at-top,unused-import
   return to_onnx(infer, inputs=[(batch_dim, size, size, 3)], opset=ONNX_OPSET,
                  model_name="draem", input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
 
@@ -120,7 +120,7 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
   """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
   import onnx  # pylint: disable=g-import-not-at-top
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
-  from draem_jax import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
+  from draem_jax.deployment import quantize  # pylint: disable=g-import-not-at-top  # Export-only.
   int8_path = float_path.with_suffix(".int8.onnx")
   recon_convs = num_recon_convs(run.variables)
   quantize.quantize(float_path, int8_path, images, recon_convs, INPUT_NAME,
@@ -206,11 +206,11 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                 "resize": "bilinear, half-pixel centres, no antialiasing (OpenCV INTER_LINEAR)"},
       "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
                   "score": f"float32 (N,), image score "
-                           f"'{evaluation.score_kind(run.config.eval)}' (mean filter "
+                           f"'{evaluator.score_kind(run.config.eval)}' (mean filter "
                            f"{filter_size}x{filter_size})"},
       "image_size": size,
       "mean_filter_size": filter_size,
-      "image_score": evaluation.score_kind(run.config.eval),
+      "image_score": evaluator.score_kind(run.config.eval),
       "onnx_opset": ONNX_OPSET,
       **deploy_thresholds(workdir, run.step),
   }

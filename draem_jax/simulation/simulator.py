@@ -37,8 +37,8 @@ cannot index into it).
 Differences from the reference loader, on purpose: the clean image is rotated in float (the
 reference rotates the uint8 image, rounding it); rotated targets and blends are clipped to
 [0, 1] (float rounding otherwise overshoots by 1e-7); the texture augmenters follow
-`draem_jax.augment` (documented approximations there); the Perlin lattice coordinates are
-exact for any image size (see `draem_jax.perlin`).
+`draem_jax.simulation.augment` (documented approximations there); the Perlin lattice coordinates are
+exact for any image size (see `draem_jax.simulation.perlin`).
 """
 
 import dataclasses
@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from draem_jax import augment
-from draem_jax import perlin
+from draem_jax.simulation import augment
+from draem_jax.simulation import perlin
 from draem_jax.errors import ConfigError
 
 _BATCHING_MODES = ("auto", "vmap", "map")
@@ -380,7 +380,7 @@ def resolve_batching(mode: str, images: jax.Array | None = None) -> str:
 
   "auto" is "map" on the CPU backend and "vmap" elsewhere. "map" falls back to "vmap" when the
   batch axis is sharded over an Explicit mesh axis, where a loop cannot index into it (with the
-  Auto axes of draem_jax.parallel's mesh it can, and the partitioner handles the loop).
+  Auto axes of draem_jax.training.parallel's mesh it can, and the partitioner handles the loop).
   """
   if mode == "auto":
     mode = "map" if jax.default_backend() == "cpu" else "vmap"

@@ -4,9 +4,9 @@ On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the pro
 the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
 counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
 the alternatives of `image_score` (eval.image_score). On the host
-(`evaluate`): the metrics of `draem_jax.metrics` over the whole test split, written to
+(`evaluate`): the metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
 `<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
-the HTML report of `draem_jax.report`.
+the HTML report of `draem_jax.evaluation.report`.
 """
 
 import csv
@@ -29,11 +29,11 @@ from tqdm import tqdm
 from draem_jax import config_lib
 from draem_jax import data as data_lib
 from draem_jax import fileio
-from draem_jax import metrics as metrics_lib
+from draem_jax.evaluation import metrics as metrics_lib
 from draem_jax import models
-from draem_jax import parallel
-from draem_jax import report
-from draem_jax import visualize
+from draem_jax.training import parallel
+from draem_jax.evaluation import report
+from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
 
 METRICS_FILE = "metrics.json"

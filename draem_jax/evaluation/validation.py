@@ -7,7 +7,7 @@ With data.validation_fraction > 0, a deterministic part of train/good is held ou
    same image through the training simulator with anomaly_prob = 1 (label 1 where the mask is
    not empty), keyed by the fixed `jax.random.key(SIMULATION_SEED)` and with textures drawn by
    `np.random.default_rng(SIMULATION_SEED)`; the same for every run, seed and resume;
-2. scores it with the evaluator's predict function (`evaluation.make_predict_fn`);
+2. scores it with the evaluator's predict function (`evaluator.make_predict_fn`);
 3. chooses the image and pixel thresholds (eval.threshold_method: "f1" = F1-max on the
    synthetic split, "fpr" = at most eval.target_fpr of the clean images / their pixels called
    anomalous), moves them by eval.sensitivity, and records the min-max statistics that map
@@ -38,10 +38,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from draem_jax import evaluation
+from draem_jax.evaluation import evaluator
 from draem_jax import fileio
-from draem_jax import metrics as metrics_lib
-from draem_jax import simulator
+from draem_jax.evaluation import metrics as metrics_lib
+from draem_jax.simulation import simulator
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError
 
@@ -203,8 +203,8 @@ def calibrate(config: ml_collections.ConfigDict, variables: Any, model: nn.Modul
   split = synthetic_split(config)
   batches = _ArrayBatches(split["images"], split["masks"], ev.batch_size, jax.process_index(),
                           jax.process_count())
-  predict = evaluation.jit_predict_fn(evaluation.predict_fn_for(model, ev), mesh)
-  pred = evaluation.predict_split(predict, variables, batches, mesh, desc="validation")
+  predict = evaluator.jit_predict_fn(evaluator.predict_fn_for(model, ev), mesh)
+  pred = evaluator.predict_split(predict, variables, batches, mesh, desc="validation")
   labels, scores, maps = split["labels"], pred["scores"], pred["maps"]
   result = choose_thresholds(labels, scores, split["masks"], maps,
                              method=ev.get("threshold_method", "f1"),

@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from draem_jax import fileio
-from draem_jax import metrics as metrics_lib
+from draem_jax.evaluation import metrics as metrics_lib
 
 REPORT_FILE = "report.html"
 FILES_DIR = "report_files"

@@ -1,16 +1,16 @@
 """How jax2onnx lowers the model's pooling and upsampling: one ONNX MaxPool / Resize node each.
 
-Traced as written, the 2x2 max-pool (`models._max_pool`, four strided taps) and the
-align-corners upsampling (`models.upsample2x_align_corners`, 2-tap gathers along each axis)
+Traced as written, the 2x2 max-pool (`models.layers._max_pool`, four strided taps) and the
+align-corners upsampling (`models.layers.upsample2x_align_corners`, 2-tap gathers along each axis)
 become Reshape / Gather / GatherND chains on NHWC tensors. Those stop ONNX Runtime from
 cancelling the NHWC <-> NCHW transposes that jax2onnx puts around every Conv: at 256x256 with
 the paper's widths 38 transposes survived and took 22% of the CPU time (bench/RESULTS.md).
 
 Importing this module registers a jax2onnx plugin that, while `jax2onnx.to_onnx` traces (and
 only then), replaces
-  * `models._max_pool` by `flax.linen.max_pool` (2x2, stride 2, VALID: the same values, odd
+  * `models.layers._max_pool` by `flax.linen.max_pool` (2x2, stride 2, VALID: the same values, odd
     trailing rows and columns dropped alike), which jax2onnx lowers to MaxPool;
-  * `models.upsample2x_align_corners` by a primitive lowered to
+  * `models.layers.upsample2x_align_corners` by a primitive lowered to
     Resize(mode=linear, coordinate_transformation_mode=align_corners, scales (1, 2, 2, 1)),
     the same 2-tap interpolation (equal to float32 rounding; tests/test_export.py).
 Training, evaluation and the jax.export artifact are untouched.
@@ -37,7 +37,7 @@ _UPSAMPLE.def_impl(models.upsample2x_align_corners)
 
 
 def _max_pool_for_onnx(x: jax.Array) -> jax.Array:
-  """(B, H, W, C) -> (B, H // 2, W // 2, C), as `models._max_pool`."""
+  """(B, H, W, C) -> (B, H // 2, W // 2, C), as `models.layers._max_pool`."""
   # Looked up at call time: jax2onnx patches flax.linen.max_pool itself while tracing.
   return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
@@ -47,7 +47,7 @@ def _max_pool_for_onnx(x: jax.Array) -> jax.Array:
                     onnx=[{"component": "Resize",
                            "doc": "https://onnx.ai/onnx/operators/onnx__Resize.html"}])
 class Upsample2xAlignCorners(PrimitiveLeafPlugin):
-  """`models.upsample2x_align_corners` (B, H, W, C) -> (B, 2H, 2W, C) as one ONNX Resize."""
+  """`models.layers.upsample2x_align_corners` (B, H, W, C) -> (B, 2H, 2W, C) as one ONNX Resize."""
 
   _PRIM = _UPSAMPLE
 
@@ -75,9 +75,9 @@ class Upsample2xAlignCorners(PrimitiveLeafPlugin):
   @classmethod
   def binding_specs(cls) -> list[MonkeyPatchSpec]:
     # Entered by jax2onnx around every to_onnx call, undone after it.
-    return [MonkeyPatchSpec(target=models, attr="upsample2x_align_corners",
+    return [MonkeyPatchSpec(target=models.layers, attr="upsample2x_align_corners",
                             make_value=lambda _: cls._PRIM.bind),
-            MonkeyPatchSpec(target=models, attr="_max_pool",
+            MonkeyPatchSpec(target=models.layers, attr="_max_pool",
                             make_value=lambda _: _max_pool_for_onnx)]
 
 

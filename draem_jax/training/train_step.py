@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from draem_jax import losses as losses_lib
+from draem_jax.training import losses as losses_lib
 from draem_jax import models
-from draem_jax import parallel
+from draem_jax.training import parallel
 from draem_jax.errors import ConfigError
 
 Batch = Mapping[str, jax.Array]

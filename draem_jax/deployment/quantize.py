@@ -30,8 +30,8 @@ from onnxruntime import quantization as ort_quantization
 from onnxruntime.quantization import shape_inference
 
 from draem_jax import fileio
-from draem_jax import metrics as metrics_lib
-from draem_jax import validation
+from draem_jax.evaluation import metrics as metrics_lib
+from draem_jax.evaluation import validation
 from draem_jax.data import pipeline
 
 

@@ -1,6 +1,6 @@
 """Scores images with an exported ONNX model; needs only numpy, Pillow and onnxruntime.
 
-  python -m draem_jax.deploy --model model.onnx --images 'parts/*.png' --out predictions/
+  python -m draem_jax.deployment.runner --model model.onnx --images 'parts/*.png' --out predictions/
 
 Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
 the training images were, and writes what predict.py writes: `scores.csv`, `scores.json` and
@@ -17,7 +17,7 @@ import numpy as np
 
 from draem_jax import fileio
 from draem_jax import image_io
-from draem_jax import visualize
+from draem_jax.evaluation import visualize
 from draem_jax.errors import ConfigError, DataError
 
 

@@ -23,18 +23,18 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from draem_jax import checkpointing
+from draem_jax.training import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
-from draem_jax import evaluation
+from draem_jax.evaluation import evaluator
 from draem_jax import fileio
-from draem_jax import metric_writers
+from draem_jax.training import metric_writers
 from draem_jax import models
-from draem_jax import parallel
-from draem_jax import report
-from draem_jax import simulator
-from draem_jax import train_step as train_step_lib
-from draem_jax import validation
+from draem_jax.training import parallel
+from draem_jax.evaluation import report
+from draem_jax.simulation import simulator
+from draem_jax.training import train_step as train_step_lib
+from draem_jax.evaluation import validation
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
@@ -156,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       results[category] = _train_one(config_lib.for_category(config, category),
                                      workdir / category, allow_config_change)
     if jax.process_index() == 0:
-      from draem_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+      from draem_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
       done = {c: r for c, r in results.items() if r is not None}
       fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(done) + "\n")
       index = report.write_index(workdir / report.REPORT_FILE, {
@@ -234,7 +234,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
       if not data_lib.has_test_split(config):
         logging.info("No test split: training done at step %d, no evaluation.", final_step)
         return None
-      result = evaluation.evaluate(config, state.variables(), model, mesh, eval_dir,
+      result = evaluator.evaluate(config, state.variables(), model, mesh, eval_dir,
                                    step=final_step, thresholds=thresholds)
       writer.write_scalars(final_step, _eval_scalars(result))
       if process_index == 0:
@@ -297,7 +297,7 @@ def _loop(config, workdir, mesh, state, step_fn, train_iter, checkpointer, write
         bar.close()
         raise Preempted(step)
       if eval_every and step % eval_every == 0 and step < total_steps:
-        result = evaluation.evaluate(config, state.variables(), model, mesh,
+        result = evaluator.evaluate(config, state.variables(), model, mesh,
                                      workdir / EVAL_DIR / str(step), step=step,
                                      write_overlays=False)
         writer.write_scalars(step, _eval_scalars(result))

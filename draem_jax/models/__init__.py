@@ -1,0 +1,16 @@
+"""DRAEM's networks (`networks`) and the layers they are built from (`layers`).
+
+`from draem_jax import models` gives the public surface below; code that replaces a layer
+while tracing (`draem_jax.deployment.onnx_ops`) patches `models.layers`, where it is looked up.
+"""
+
+from draem_jax.models import layers
+from draem_jax.models import networks
+from draem_jax.models.layers import (
+    BatchNorm, Block, ConvBNReLU, UpConvBNReLU, align_corners_matrix, batch_norm_train,
+    bn_scale_init, channel_sum, conv_kernel_init, max_pool_2x2, torch_conv_bias_init,
+    upsample2x_align_corners, _max_pool)
+from draem_jax.models.networks import (
+    DRAEM, XLA_CPU_COMPILER_OPTIONS, DiscriminativeSubNetwork, ReconstructiveSubNetwork,
+    _cpu_options_supported, count_params, create_model, init_variables, predict,
+    xla_compiler_options)
