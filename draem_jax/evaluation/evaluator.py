@@ -1,7 +1,7 @@
 """Inference and evaluation: anomaly maps, image scores, metrics, overlays (DRAEM_SPEC 5).
 
 On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the probability of
-the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
+the anomalous class (for the single-network ablations, `models.anomaly_map`), the image score the maximum of the k x k mean-filtered map (zero padding
 counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
 the alternatives of `image_score` (eval.image_score). On the host
 (`evaluate`): the metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
@@ -107,7 +107,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
     images: (B, H, W, 3) uint8 0..255 (or float in [0, 1]).
 
   Returns of the returned function:
-    maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
+    maps (B, H, W) float32, the probability of "anomalous" per pixel (`models.anomaly_map`:
+    1 - SSIM for model.variant='recon_ae'); scores (B,) float32.
   """
   _check_score_kind(score_kind)  # Now, not when the function is first traced.
 
@@ -116,8 +117,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
       x = images.astype(jnp.float32) / 255.0
     else:
       x = images.astype(jnp.float32)
-    _, logits = model.apply(variables, x, train=False)
-    maps = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+    rec, logits = model.apply(variables, x, train=False)
+    maps = models.anomaly_map(x, rec, logits)
     return maps, image_score(maps, mean_filter_size, score_kind)
 
   return predict
