@@ -13,6 +13,7 @@ from pathlib import Path
 import ml_collections
 
 from draem_jax import fileio
+from draem_jax import image_io
 from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
@@ -82,6 +83,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(ev.mean_filter_size, int) and ev.mean_filter_size > 0
            and ev.mean_filter_size % 2 == 1, "eval.mean_filter_size", ev.mean_filter_size,
            "must be a positive odd integer (21 in the paper).")
+  fraction = ev.get("mean_filter_fraction", 0.0)
+  _require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+           and 0 <= fraction < 1, "eval.mean_filter_fraction", fraction,
+           "must be in [0, 1): 0 = eval.mean_filter_size, else that share of the short side "
+           "(21/256 in the paper).")
+  tile = ev.get("tile_size", 0)
+  if tile != 0:
+    try:
+      tile_hw = image_io.size_hw(tile, "eval.tile_size")
+      image_hw = image_io.size_hw(config.data.image_size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _require(min(tile_hw) > 0 and tile_hw[0] % 32 == 0 and tile_hw[1] % 32 == 0
+             and tile_hw[0] <= image_hw[0] and tile_hw[1] <= image_hw[1], "eval.tile_size",
+             tile, f"must be 0 (whole image) or a multiple of 32 no larger than "
+             f"data.image_size={config.data.image_size!r}.")
+  overlap = ev.get("tile_overlap", 0.25)
+  _require(isinstance(overlap, (int, float)) and 0 <= overlap < 1, "eval.tile_overlap",
+           overlap, "must be in [0, 1).")
   _require(0 < ev.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", ev.aupro_fpr_limit,
            "must be in (0, 1].")
   method = ev.get("threshold_method", "f1")

@@ -178,7 +178,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
                                 require_test=config.train.eval_every_steps > 0)
   num_examples = data_lib.num_train_examples(config)
   total_steps = train_step_lib.num_train_steps(config.train, num_examples)
-  image_shape = (config.data.image_size, config.data.image_size)
+  image_shape = data_lib.train_input_hw(config)
 
   resumed_from = checkpointing.committed_steps(workdir / CHECKPOINT_DIR)
   resumed_from = resumed_from[-1] if resumed_from else None
