@@ -70,6 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.recon_width = 128  # Base width of the reconstructive sub-network.
   model.disc_width = 64  # Base width of the discriminative sub-network.
   model.dtype = "float32"  # Activation dtype: "float32" or "bfloat16" (params stay float32).
+  # BatchNorm, max-pool and upsampling: "custom" (hand-written gradients, fast on XLA:CPU),
+  # "plain" (Flax/jax.numpy, autodiff) or "auto" (custom on CPU, plain elsewhere). Same
+  # parameters and numbers; may change between restarts of a run.
+  model.layer_impl = "auto"
 
   # --- optimisation (DRAEM_SPEC section 3) --------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()
