@@ -112,6 +112,18 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
                       "data.source='folder' only: MVTec AD's masks are always "
                       f"ground_truth/<defect>/{folder_lib.DEFAULT_MASK_PATTERN}.")
   folder_lib.check_mask_pattern(pattern)
+  max_textures = data.get("max_textures", 0)
+  if (isinstance(max_textures, bool) or not isinstance(max_textures, (int, np.integer))
+      or max_textures < 0):
+    raise ConfigError(f"data.max_textures={max_textures!r} must be an integer >= 0 (0 = every "
+                      "texture under data.texture_root).")
+
+
+def texture_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """The anomaly-source textures of a run: data.texture_root's images, or the fixed subset of
+  data.max_textures of them (`textures.select_textures`)."""
+  return textures_lib.select_textures(textures_lib.list_textures(config.data.texture_root),
+                                      int(config.data.get("max_textures", 0)))
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -324,7 +336,7 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")
-  textures_lib.list_textures(data.texture_root)
+  texture_paths(config)
 
 
 # ------------------------------------------------------------------------------------------
@@ -509,13 +521,13 @@ def _train_sources(config: ml_collections.ConfigDict, cache: bool):
   """(images, textures): random-access uint8 (size, size, 3) tables, decoded or lazy."""
   size = config.data.image_size
   reader = open_split(config, "train")
-  texture_paths = textures_lib.list_textures(config.data.texture_root)
+  paths = texture_paths(config)
   images = _TrainImages(reader, size)
-  textures = _Textures(texture_paths, size)
+  textures = _Textures(paths, size)
   if cache:
     images = _cached(_reader_key(config, reader, "train") + (size,),
                      lambda: _decode_all(images, "training images"))
-    textures = _cached(("textures", tuple(texture_paths), size),
+    textures = _cached(("textures", tuple(paths), size),
                        lambda: _decode_all(textures, "textures"))
   return images, textures
 
@@ -527,14 +539,14 @@ def validation_sources(config: ml_collections.ConfigDict
   Returns:
     images: uint8 (N, S, S, 3), S = data.image_size, in file-name order (cached in memory);
     file_names: (N,) their names relative to the data root;
-    texture_paths: every anomaly-source texture file, sorted.
+    texture_paths: the run's anomaly-source texture files (`texture_paths`), sorted.
   """
   size = config.data.image_size
   reader = open_split(config, "validation")
   images = _TrainImages(reader, size)
   decoded = _cached(_reader_key(config, reader, "validation") + (size,),
                     lambda: _decode_all(images, "validation images"))
-  return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
+  return decoded, list(reader.file_names), texture_paths(config)
 
 
 def sample_train_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
