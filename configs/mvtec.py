@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 8  # Test images per forward pass.
+  ev.batch_size = 8  # Test images per forward pass (rounded up to a multiple of the devices).
   ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
   # "paper": that max. "minus_median" (max minus the filtered map's median) or "p99" (99th
   # percentile of the map) are steadier under global lighting changes (README, robustness).
