@@ -15,6 +15,7 @@ import ml_collections
 
 from draem_jax import fileio
 from draem_jax.data import folder as folder_lib
+from draem_jax.models.layers import LAYER_IMPLS
 from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
@@ -52,6 +53,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be one of {DTYPES}.")
   for field in ("model.recon_width", "model.disc_width"):
     _positive_int(config, field)
+  _require(config.model.get("layer_impl", "auto") in LAYER_IMPLS, "model.layer_impl",
+           config.model.get("layer_impl"), f"must be one of {LAYER_IMPLS}.")
   # Optimisation.
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", optim.learning_rate,
@@ -128,6 +131,7 @@ _FREE_GROUPS = ("eval", "checkpoint")
 _FREE_FIELDS = frozenset({
     "data.num_workers", "data.prefetch_buffer_size", "data.cache_decoded", "data.tfds_data_dir",
     "simulator.batching",  # "map" and "vmap" compute the same draws; "auto" picks per backend.
+    "model.layer_impl",  # Same parameters and numbers (up to rounding) with either layer set.
     "train.log_every_steps", "train.eval_every_steps",
 })
 _FREE_PREFIXES = ("train.distributed", "train.coordinator", "train.num_processes",

@@ -244,3 +244,19 @@ def test_eval_process_shards_reassemble_the_global_batches(config):
   index = np.concatenate([np.concatenate([t[b]["index"] for t in thirds]) for b in range(10)])
   np.testing.assert_array_equal(index[:83], np.arange(83))
   assert (index[83:] == -1).all()
+
+
+def test_max_textures_fixed_nested_subset(config):
+  from draem_jax.data import textures as textures_lib
+  everything = textures_lib.list_textures(config.data.texture_root)
+  assert pipeline.texture_paths(config) == everything  # 0 = all.
+  subsets = [pipeline.texture_paths(_copy(config, data__max_textures=n)) for n in (1, 3, 10)]
+  assert [len(s) for s in subsets] == [1, 3, 10]
+  assert set(subsets[0]) <= set(subsets[1]) <= set(subsets[2]) <= set(everything)
+  assert subsets[2] == sorted(subsets[2])
+  assert subsets[1] == pipeline.texture_paths(_copy(config, data__max_textures=3))
+  assert pipeline.texture_paths(_copy(config, data__max_textures=10**6)) == everything
+  _, table = pipeline._train_sources(_copy(config, data__max_textures=3), cache=False)
+  assert len(table) == 3
+  with pytest.raises(ConfigError, match="data.max_textures"):
+    pipeline.validate_data_config(_copy(config, data__max_textures=-1))

@@ -44,7 +44,7 @@ from absl import logging
 
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
-from draem_jax.data import mvtec as mvtec_lib
+from draem_jax.data import mvtec_info
 from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
@@ -52,6 +52,14 @@ from draem_jax.errors import ConfigError, DataError
 SOURCES = ("mvtec", "folder")
 # The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
 SIZE_MULTIPLE = 32
+
+
+
+def _mvtec():
+  """The MVTec AD TFDS builder module, imported on first use: folder data sets run without
+  tensorflow-datasets installed."""
+  from draem_jax.data import mvtec  # pylint: disable=g-import-not-at-top
+  return mvtec
 
 # ------------------------------------------------------------------------------------------
 # Config checks and split readers.
@@ -85,9 +93,9 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
     raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0 (0 = main process).")
   if data.prefetch_buffer_size < 1:
     raise ConfigError(f"data.prefetch_buffer_size={data.prefetch_buffer_size} must be >= 1.")
-  if data.source == "mvtec" and data.category not in mvtec_lib.CATEGORIES + ("all",):
+  if data.source == "mvtec" and data.category not in mvtec_info.CATEGORIES + ("all",):
     raise ConfigError(f"data.category={data.category!r} is not an MVTec AD category; expected "
-                      f"one of {', '.join(mvtec_lib.CATEGORIES)} or 'all'.")
+                      f"one of {', '.join(mvtec_info.CATEGORIES)} or 'all'.")
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
@@ -107,6 +115,18 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
                       "data.source='folder' only: MVTec AD's masks are always "
                       f"ground_truth/<defect>/{folder_lib.DEFAULT_MASK_PATTERN}.")
   folder_lib.check_mask_pattern(pattern)
+  max_textures = data.get("max_textures", 0)
+  if (isinstance(max_textures, bool) or not isinstance(max_textures, (int, np.integer))
+      or max_textures < 0):
+    raise ConfigError(f"data.max_textures={max_textures!r} must be an integer >= 0 (0 = every "
+                      "texture under data.texture_root).")
+
+
+def texture_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """The anomaly-source textures of a run: data.texture_root's images, or the fixed subset of
+  data.max_textures of them (`textures.select_textures`)."""
+  return textures_lib.select_textures(textures_lib.list_textures(config.data.texture_root),
+                                      int(config.data.get("max_textures", 0)))
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -134,7 +154,7 @@ def _train_list(config: ml_collections.ConfigDict):
 def _root(config: ml_collections.ConfigDict) -> Path:
   """data.root; for MVTec AD an empty root means TFDS's default manual dir."""
   if config.data.source == "mvtec":
-    return mvtec_lib.resolve_root(config.data.root, _tfds_data_dir(config))
+    return _mvtec().resolve_root(config.data.root, _tfds_data_dir(config))
   return Path(os.path.expandvars(str(config.data.root))).expanduser()
 
 
@@ -247,8 +267,8 @@ def open_split(config: ml_collections.ConfigDict, split: str):
 def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
   """The whole "train" or "test" split as stored (no validation hold-out)."""
   if config.data.source == "mvtec":
-    mvtec_lib.prepare(category, _root(config), _tfds_data_dir(config))
-    return mvtec_lib.PreparedSplit(category, _tfds_data_dir(config), split)
+    _mvtec().prepare(category, _root(config), _tfds_data_dir(config))
+    return _mvtec().PreparedSplit(category, _tfds_data_dir(config), split)
   root = _root(config)
   if not root.is_dir():
     raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
@@ -267,10 +287,10 @@ def has_test_split(config: ml_collections.ConfigDict) -> bool:
 
 def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_test: bool) -> int:
   """Training images of a category: from the prepared data, else by scanning its folder."""
-  if mvtec_lib.is_prepared(category, _tfds_data_dir(config)):
-    mvtec = mvtec_lib.builder(category, _tfds_data_dir(config))
+  if _mvtec().is_prepared(category, _tfds_data_dir(config)):
+    mvtec = _mvtec().builder(category, _tfds_data_dir(config))
     return mvtec.info.splits["train"].num_examples
-  category_root = mvtec_lib.check_category_root(_root(config), category)
+  category_root = _mvtec().check_category_root(_root(config), category)
   if check_test:
     folder_lib.scan_test(category_root)
   return len(folder_lib.scan_train(category_root))
@@ -302,7 +322,7 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   """
   _check_config(config, process_count)
   data = config.data
-  categories = (mvtec_lib.CATEGORIES if data.source == "mvtec" and data.category == "all"
+  categories = (mvtec_info.CATEGORIES if data.source == "mvtec" and data.category == "all"
                 else (data.category,))
   for category in categories:
     if data.source == "mvtec":
@@ -319,7 +339,7 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")
-  textures_lib.list_textures(data.texture_root)
+  texture_paths(config)
 
 
 # ------------------------------------------------------------------------------------------
@@ -424,7 +444,7 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 def _reader_key(config: ml_collections.ConfigDict, reader, split: str) -> tuple:
   if isinstance(reader, SubsetSplit):
     return _reader_key(config, reader.base, split) + (tuple(reader.indices.tolist()),)
-  if isinstance(reader, mvtec_lib.PreparedSplit):
+  if config.data.source == "mvtec" and isinstance(reader, _mvtec().PreparedSplit):
     return ("mvtec", _tfds_data_dir(config), config.data.category, split)
   return ("folder", split, tuple(reader.read(i)[0] for i in range(len(reader))))
 
@@ -504,13 +524,13 @@ def _train_sources(config: ml_collections.ConfigDict, cache: bool):
   """(images, textures): random-access uint8 (size, size, 3) tables, decoded or lazy."""
   size = config.data.image_size
   reader = open_split(config, "train")
-  texture_paths = textures_lib.list_textures(config.data.texture_root)
+  paths = texture_paths(config)
   images = _TrainImages(reader, size)
-  textures = _Textures(texture_paths, size)
+  textures = _Textures(paths, size)
   if cache:
     images = _cached(_reader_key(config, reader, "train") + (size,),
                      lambda: _decode_all(images, "training images"))
-    textures = _cached(("textures", tuple(texture_paths), size),
+    textures = _cached(("textures", tuple(paths), size),
                        lambda: _decode_all(textures, "textures"))
   return images, textures
 
@@ -522,14 +542,14 @@ def validation_sources(config: ml_collections.ConfigDict
   Returns:
     images: uint8 (N, S, S, 3), S = data.image_size, in file-name order (cached in memory);
     file_names: (N,) their names relative to the data root;
-    texture_paths: every anomaly-source texture file, sorted.
+    texture_paths: the run's anomaly-source texture files (`texture_paths`), sorted.
   """
   size = config.data.image_size
   reader = open_split(config, "validation")
   images = _TrainImages(reader, size)
   decoded = _cached(_reader_key(config, reader, "validation") + (size,),
                     lambda: _decode_all(images, "validation images"))
-  return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
+  return decoded, list(reader.file_names), texture_paths(config)
 
 
 def sample_train_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
