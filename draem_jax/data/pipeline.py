@@ -317,8 +317,9 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   Args:
     config: the experiment config (data, train.batch_size, eval.batch_size are read).
     process_count: number of JAX processes that will share the training batch.
-    require_test: also check the test split (always present for MVTec AD; for a folder
-      data set, `<root>/test` must then exist).
+    require_test: `<root>/test` of a folder data set must exist (always present for MVTec
+      AD). Without, a test split that exists is still checked (masks, mask names, sizes): the
+      run evaluates on it after training, and a bad mask must not wait until then.
   """
   _check_config(config, process_count)
   data = config.data
@@ -333,7 +334,7 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
         raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                         f"{folder_lib.LAYOUT}.")
       num_train = len(folder_lib.scan_train(root, _train_list(config)))
-      if require_test:
+      if require_test or (root / "test").is_dir():
         folder_lib.scan_test(root, **_test_scan_args(config))
     num_train = len(holdout_indices(num_train, config, process_count)[0])
     if num_train < process_count:
