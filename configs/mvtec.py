@@ -112,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 8  # Test images per forward pass.
+  ev.batch_size = 8  # Test images per forward pass (rounded up to a multiple of the devices).
   ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
   ev.mean_filter_fraction = 0.0  # If > 0: k = odd size nearest fraction x the map's short side.
   # Score tiles of this side or (height, width) blended into one map (0 = the whole image).

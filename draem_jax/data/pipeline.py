@@ -22,7 +22,8 @@ each hold a copy of the cache); data.num_workers then only matters when the cach
 bench/input_pipeline.py measures both.
 
 Evaluation (`make_eval_dataset`): every test sample exactly once, sorted by (defect type, file
-name), the last batch padded and flagged by `valid`; masks resized like the reference protocol
+name), in global batches of eval.batch_size rounded up to a multiple of the device count, the
+last batch padded and flagged by `valid` (`draem_jax.data.padding`); masks resized like the reference protocol
 (bilinear, no antialiasing, float 0..1; the evaluator thresholds them, DRAEM_SPEC 5).
 """
 
@@ -44,6 +45,7 @@ from absl import logging
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
 from draem_jax.data import mvtec_info
+from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
 
@@ -64,10 +66,11 @@ def _mvtec():
 
 
 def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
-                  batch_fields: tuple[str, ...] = ("train", "eval")) -> None:
+                  batch_fields: tuple[str, ...] = ("train",)) -> None:
   """Config-only checks (no file system access); raises ConfigError naming the field.
 
-  `batch_fields` names the groups whose batch_size must split over `process_count`.
+  `batch_fields` names the groups whose batch_size must split over `process_count` (train;
+  evaluation batches are padded to fit, `padding.padded_batch_size`).
   """
   data = config.data
   if data.source not in SOURCES:
@@ -359,8 +362,9 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   Args:
     config: the experiment config (data, train.batch_size, eval.batch_size are read).
     process_count: number of JAX processes that will share the training batch.
-    require_test: also check the test split (always present for MVTec AD; for a folder
-      data set, `<root>/test` must then exist).
+    require_test: `<root>/test` of a folder data set must exist (always present for MVTec
+      AD). Without, a test split that exists is still checked (masks, mask names, sizes): the
+      run evaluates on it after training, and a bad mask must not wait until then.
   """
   _check_config(config, process_count)
   data = config.data
@@ -375,7 +379,7 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
         raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                         f"{folder_lib.LAYOUT}.")
       num_train = len(folder_lib.scan_train(root, _train_list(config)))
-      if require_test:
+      if require_test or (root / "test").is_dir():
         folder_lib.scan_test(root, **_test_scan_args(config))
     num_train = len(holdout_indices(num_train, config, process_count)[0])
     if num_train < process_count:
@@ -716,7 +720,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
 class EvalDataset:
   """The test split in a fixed order, as padded batches, plus original-resolution access.
 
-  Iterating yields dicts of host-local numpy arrays (B = eval.batch_size // process_count):
+  Iterating yields dicts of host-local numpy arrays (B = global_batch_size // process_count):
     'image':       uint8 (B, H, W, 3) at data.image_size (`preprocess`);
     'mask':        float32 (B, H, W), the 0/1 mask resized like its image (bilinear, no
                    antialiasing, unless data.resize_antialias);
@@ -735,20 +739,20 @@ class EvalDataset:
   """
 
   def __init__(self, reader, config: ml_collections.ConfigDict, process_index: int,
-               process_count: int, cache: bool):
+               process_count: int, cache: bool, global_batch_size: int):
     self._reader = reader
     self._config = config
     self.image_size = config.data.image_size
     self.preprocess = preprocess(config)
-    self.global_batch_size = config.eval.batch_size
-    self.batch_size = self.global_batch_size // process_count
+    self.global_batch_size = global_batch_size
+    self.batch_size = global_batch_size // process_count
     self.num_examples = len(reader)
     self.num_batches = -(-self.num_examples // self.global_batch_size)
     self.has_masks = bool(reader.has_masks)
     self.labels = np.asarray(reader.labels, np.int32)
     self.defect_types = np.asarray(reader.defect_types, dtype=str)
     self.file_names = np.asarray(reader.file_names, dtype=str)
-    self._process_index = process_index
+    self._process_index, self._process_count = process_index, process_count
     self._cache = cache
     self._threads = max(1, min(4, config.data.num_workers))
 
@@ -757,12 +761,9 @@ class EvalDataset:
 
   def _indices(self) -> list[int]:
     """This process's rows of every global batch; -1 marks padding past the last sample."""
-    out = []
-    for b in range(self.num_batches):
-      start = b * self.global_batch_size + self._process_index * self.batch_size
-      out.extend(i if i < self.num_examples else -1
-                 for i in range(start, start + self.batch_size))
-    return out
+    return [int(i) for rows in padding.batch_indices(
+        self.num_examples, self.global_batch_size, self._process_index, self._process_count)
+            for i in rows]
 
   def _samples(self):
     samples = _EvalSamples(self._reader, self.preprocess)
@@ -801,16 +802,18 @@ class EvalDataset:
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
-                      process_count: int = 1) -> EvalDataset:
+                      process_count: int = 1, num_devices: int | None = None) -> EvalDataset:
   """The test split for evaluation (see `EvalDataset` for the batch format).
 
-  With several processes, each yields its rows [p*B/P, (p+1)*B/P) of every global batch of
-  B = eval.batch_size, so that every process runs the same number of steps and the global batch
-  is the processes' batches concatenated in process order.
+  Global batches hold B = eval.batch_size rounded up to a multiple of `num_devices` rows
+  (`padding.padded_batch_size`). With several processes, each yields its rows
+  [p*B/P, (p+1)*B/P) of every global batch, so that every process runs the same number of
+  steps and the global batch is the processes' batches concatenated in process order.
 
   Args:
     config: the experiment config.
     process_index, process_count: this process and the number of processes.
+    num_devices: devices the batches are sharded over (default: one per process).
 
   Returns:
     EvalDataset (iterable, re-iterable; `original(i)`, `num_examples`, `has_masks`).
@@ -818,10 +821,19 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int =
   Raises:
     DataError: no test split (a folder data set without `<root>/test`), or a malformed one.
   """
-  _check_config(config, process_count, batch_fields=("eval",))
+  _check_config(config, process_count, batch_fields=())
   _check_process(process_index, process_count)
+  value = config.eval.batch_size
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"eval.batch_size={value!r} must be a positive integer.")
+  num_devices = process_count if num_devices is None else num_devices
+  if num_devices % process_count:
+    raise ValueError(f"num_devices={num_devices} must be a multiple of the number of processes "
+                     f"({process_count}).")
+  global_batch = padding.padded_batch_size(config.eval.batch_size, num_devices)
   cache = config.data.get("cache_decoded", True)
-  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache)
+  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache,
+                     global_batch)
 
 
 load_image = images_lib.load_image
