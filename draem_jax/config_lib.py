@@ -5,6 +5,7 @@ data fields (paths, category, image size) are checked by `draem_jax.data`. A run
 saved as `workdir/config.json`, which `evaluate.py` and `predict.py` read back.
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,6 +14,8 @@ from pathlib import Path
 import ml_collections
 
 from draem_jax import fileio
+from draem_jax.data import folder as folder_lib
+from draem_jax.models.layers import LAYER_IMPLS
 from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
@@ -50,6 +53,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be one of {DTYPES}.")
   for field in ("model.recon_width", "model.disc_width"):
     _positive_int(config, field)
+  _require(config.model.get("layer_impl", "auto") in LAYER_IMPLS, "model.layer_impl",
+           config.model.get("layer_impl"), f"must be one of {LAYER_IMPLS}.")
   # Optimisation.
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", optim.learning_rate,
@@ -126,12 +131,42 @@ _FREE_GROUPS = ("eval", "checkpoint")
 _FREE_FIELDS = frozenset({
     "data.num_workers", "data.prefetch_buffer_size", "data.cache_decoded", "data.tfds_data_dir",
     "simulator.batching",  # "map" and "vmap" compute the same draws; "auto" picks per backend.
+    "model.layer_impl",  # Same parameters and numbers (up to rounding) with either layer set.
     "train.log_every_steps", "train.eval_every_steps",
 })
 _FREE_PREFIXES = ("train.distributed", "train.coordinator", "train.num_processes",
                   "train.process_id", "train.initialization_timeout")
 HISTORY_FILE = "config_history.jsonl"
 _ABSENT = "(absent)"
+
+
+def _absent_defaults() -> dict[str, object]:
+  """What the code uses for a field a config.json does not have (one written before the field
+  existed): the simulator's dataclass defaults and the `.get` defaults of the readers. Each
+  reproduces the behaviour the run had before the field was added."""
+  out = {f"simulator.{f.name}": f.default for f in dataclasses.fields(simulator.SimulatorConfig)}
+  out.update({
+      "data.train_list": "", "data.validation_fraction": 0.0, "data.validation_min_images": 1,
+      "data.mask_pattern": folder_lib.DEFAULT_MASK_PATTERN, "data.mask_root": "", "data.cache_decoded": True,
+      "eval.image_score": "paper", "eval.threshold_method": "f1", "eval.target_fpr": 0.01,
+      "eval.sensitivity": 0.5, "eval.aupro_full_resolution": False,
+  })
+  return out
+
+
+# Field -> the value a config without the field behaves as (see `_absent_defaults`).
+ABSENT_DEFAULTS = _absent_defaults()
+
+
+def _same(a, b, field: str) -> bool:
+  """Equal values, or a field absent on one side whose other side is the absent default."""
+  if a == b:
+    return True
+  if field in ABSENT_DEFAULTS and _ABSENT in (a, b):
+    value = b if a == _ABSENT else a
+    default = ABSENT_DEFAULTS[field]
+    return value == default and isinstance(value, bool) == isinstance(default, bool)
+  return False
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -155,7 +190,9 @@ def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.Conf
                    trajectory_only: bool = True) -> dict[str, tuple[object, object]]:
   """Fields whose values differ between two configs: {field: (saved value, new value)}.
 
-  A field present in only one of them counts as changed ("(absent)" on the other side).
+  A field present in only one of them counts as changed ("(absent)" on the other side),
+  unless its value there is what a config without the field behaves as (`ABSENT_DEFAULTS`):
+  a config.json written before a field existed resumes under a config that has it.
 
   Args:
     saved: the config a run was trained with (config.json).
@@ -167,7 +204,7 @@ def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.Conf
   changes = {}
   for field in sorted(set(old) | set(new)):
     a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
-    if a != b and (not trajectory_only or _alters_trajectory(field)):
+    if not _same(a, b, field) and (not trajectory_only or _alters_trajectory(field)):
       changes[field] = (a, b)
   return changes
 

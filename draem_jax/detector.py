@@ -102,15 +102,15 @@ class Detector:
   """
 
   def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], *,
-               image_size: int, batch_size: int, fixed_batch: bool, threshold: float,
+               preprocess: image_io.Preprocess, batch_size: int, fixed_batch: bool, threshold: float,
                pixel_threshold: float, normalize: Callable[[float], float | None],
                step: int | None, metadata: dict[str, Any], backend: str):
     """Use `from_workdir` or `from_onnx`.
 
     Args:
-      infer: uint8 (B, S, S, 3) -> maps (B, S, S), scores (B,), B = batch_size when
-        fixed_batch, else 1..batch_size.
-      image_size: S, the run's data.image_size.
+      infer: uint8 (B, H, W, 3) -> maps (B, H, W), scores (B,), B = batch_size when
+        fixed_batch, else 1..batch_size; (H, W) = preprocess.size.
+      preprocess: the geometry from an image to the model's input and back.
       batch_size: the most images per `infer` call.
       fixed_batch: the model takes exactly `batch_size` images (shorter batches are padded).
       threshold, pixel_threshold: the raw image threshold and the mask threshold.
@@ -120,7 +120,8 @@ class Detector:
       backend: "onnx" or "jax".
     """
     self._infer = infer
-    self.image_size = int(image_size)
+    self.preprocess = preprocess
+    self.image_size = preprocess.size  # (height, width) of the model's input.
     self.batch_size = int(batch_size)
     self.fixed_batch = bool(fixed_batch)
     self.threshold = float(threshold)
@@ -148,7 +149,10 @@ class Detector:
     def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       return model(batch.astype(np.float32) / 255.0)
 
-    return cls(infer, image_size=model.size, batch_size=int(fixed or batch_size),
+    geometry = model.meta.get("preprocess")
+    preprocess = (image_io.Preprocess.from_metadata(geometry) if geometry
+                  else image_io.Preprocess(model.size))
+    return cls(infer, preprocess=preprocess, batch_size=int(fixed or batch_size),
                fixed_batch=fixed is not None, threshold=model.threshold,
                pixel_threshold=model.pixel_threshold, normalize=model.normalized,
                step=model.meta.get("checkpoint_step"), metadata=model.meta, backend="onnx")
@@ -167,6 +171,7 @@ class Detector:
     """
     # pylint: disable=g-import-not-at-top
     from draem_jax import inference
+    from draem_jax.data import padding
     from draem_jax.evaluation import evaluator
     from draem_jax.evaluation import validation
     from draem_jax.training import parallel
@@ -175,8 +180,9 @@ class Detector:
     run = inference.load_run(workdir, step)
     image_threshold, pixel_threshold, chosen = inference.decision_thresholds(
         workdir, run, threshold, sensitivity)
-    batch_size = int(run.config.eval.batch_size)
-    parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
+    # eval.batch_size rounded up to fill every device, as predict.py's batches (`padding`).
+    batch_size = padding.padded_batch_size(int(run.config.eval.batch_size),
+                                           run.mesh.devices.size)
     predict = evaluator.jit_predict_fn(
         evaluator.predict_fn_for(run.model, run.config.eval), run.mesh)
 
@@ -192,17 +198,18 @@ class Detector:
 
     metadata = {"workdir": str(workdir.absolute()), "checkpoint_step": run.step,
                 "category": str(run.config.data.category),
-                "image_size": int(run.config.data.image_size),
+                "image_size": run.config.data.image_size,
                 "image_score": evaluator.score_kind(run.config.eval),
                 "image_threshold": image_threshold, "pixel_threshold": pixel_threshold}
-    return cls(infer, image_size=run.config.data.image_size, batch_size=batch_size,
+    return cls(infer, preprocess=image_io.Preprocess.from_config(run.config.data),
+               batch_size=batch_size,
                fixed_batch=True, threshold=image_threshold, pixel_threshold=pixel_threshold,
                normalize=normalize, step=run.step, metadata=metadata, backend="jax")
 
   # -- The steps of `predict`, public so that a server can batch requests between them. -----
 
   def prepare(self, image: ImageLike, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 RGB (H, W, 3) at its own size, uint8 model input (S, S, 3)).
+    """(uint8 RGB (h, w, 3) at its own size, uint8 model input (H, W, 3)).
 
     Raises:
       DataError: unreadable file or unusable array; the message names it.
@@ -211,16 +218,16 @@ class Detector:
       rgb = image_io.load_image(image)
     else:
       rgb = image_io.as_rgb(image, name)
-    return rgb, image_io.model_input(rgb, self.image_size)
+    return rgb, image_io.model_input(rgb, self.preprocess)
 
   def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The model on prepared inputs, in calls of at most `batch_size` (padded if fixed).
 
     Args:
-      inputs: uint8 (N, S, S, 3), `prepare`'s second output stacked.
+      inputs: uint8 (N, H, W, 3), `prepare`'s second output stacked.
 
     Returns:
-      maps float32 (N, S, S) and scores float32 (N,).
+      maps float32 (N, H, W) and scores float32 (N,).
     """
     n = len(inputs)
     maps, scores = [], []
@@ -235,8 +242,7 @@ class Detector:
       maps.append(np.asarray(m)[:count])
       scores.append(np.asarray(s)[:count])
     if not maps:
-      size = self.image_size
-      return np.zeros((0, size, size), np.float32), np.zeros((0,), np.float32)
+      return np.zeros((0,) + self.image_size, np.float32), np.zeros((0,), np.float32)
     return np.concatenate(maps), np.concatenate(scores)
 
   def normalized(self, score: float) -> float | None:
@@ -245,8 +251,8 @@ class Detector:
 
   def result(self, image: np.ndarray, anomaly_map: np.ndarray, score: float,
              name: str | None = None) -> Prediction:
-    """The `Prediction` of one image from its model map (S, S) and score."""
-    full_map = image_io.resize_bilinear(np.asarray(anomaly_map, np.float32), image.shape[:2])
+    """The `Prediction` of one image from its model map (H, W) and score."""
+    full_map = self.preprocess.map_back(np.asarray(anomaly_map, np.float32), image.shape[:2])
     score = float(score)
     return Prediction(image=image, anomaly_map=full_map, score=score,
                       normalized_score=self.normalized(score),

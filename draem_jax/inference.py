@@ -31,6 +31,7 @@ from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
 from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
+from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -66,12 +67,46 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> LoadedRun:
 
 
 def _run_workdirs(workdir: Path) -> list[Path]:
-  """The workdir itself, or for an `all` run its per-category sub-workdirs."""
-  config = config_lib.load_config(workdir)
+  """The workdir itself, or for an `all` run its per-category sub-workdirs.
+
+  An `all` run (configs/mvtec.py:all) keeps no config.json at its top: each category trained
+  so far has its own `<workdir>/<category>/config.json`.
+  """
+  if not (workdir / config_lib.CONFIG_FILE).is_file():
+    categories = [workdir / c for c in data_lib.MVTEC_CATEGORIES
+                  if (workdir / c / config_lib.CONFIG_FILE).is_file()]
+    if categories:
+      return categories
+  config = config_lib.load_config(workdir)  # Names the missing config.json if there is none.
   if config.data.source == "mvtec" and config.data.category == "all":
     return [workdir / c for c in data_lib.MVTEC_CATEGORIES
             if (workdir / c / config_lib.CONFIG_FILE).is_file()]
   return [workdir]
+
+
+def evaluation_name(config: ml_collections.ConfigDict, protocol: str | None,
+                    full_resolution: bool | None) -> str | None:
+  """None for an evaluation with the run's own eval.protocol and eval.aupro_full_resolution,
+  else the name of its own folder: `<protocol>[_full_resolution]` (`evaluation_dir`)."""
+  own_protocol = str(config.eval.protocol)
+  own_full = bool(config.eval.get("aupro_full_resolution", False))
+  protocol = own_protocol if protocol is None else protocol
+  full = own_full if full_resolution is None else bool(full_resolution)
+  if protocol == own_protocol and full == own_full:
+    return None
+  return protocol + ("_full_resolution" if full else "")
+
+
+def evaluation_dir(run_dir: Path, step: int, config: ml_collections.ConfigDict,
+                   protocol: str | None, full_resolution: bool | None) -> Path:
+  """Where an evaluation of checkpoint `step` goes: `<run_dir>/eval/<step>/` with the run's own
+  protocol and resolution (training's evaluation: the metrics, scores and thresholds that
+  predict.py and export.py read), else its own sub-folder
+  `<run_dir>/eval/<step>/<protocol>[_full_resolution]/`, so that nothing of training's is
+  replaced by numbers of another protocol."""
+  base = run_dir / EVAL_DIR / str(step)
+  name = evaluation_name(config, protocol, full_resolution)
+  return base if name is None else base / name
 
 
 def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
@@ -86,7 +121,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
     protocol: "paper" or "standard" (default: the run's eval.protocol).
     full_resolution: also AU-PRO at the original resolution (default: the run's config).
     write_overlays: overlay PNGs (default: the run's eval.write_overlays).
-    out_dir: output folder (default: <workdir>/eval/<step>; per category for `all` runs).
+    out_dir: output folder (default: `evaluation_dir`, per category for `all` runs).
   """
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
@@ -102,7 +137,8 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
       config.eval.aupro_full_resolution = full_resolution
     config_lib.validate_config(config)
     out = Path(out_dir) / run_dir.name if out_dir and len(runs) > 1 else out_dir
-    out = Path(out) if out else run_dir / EVAL_DIR / str(run.step)
+    out = (Path(out) if out else
+           evaluation_dir(run_dir, run.step, run.config, protocol, full_resolution))
     thresholds = validation.thresholds_for(config, run.variables, run.model, run.mesh,
                                            run_dir / EVAL_DIR / str(run.step), step=run.step)
     result = evaluator.evaluate(config, run.variables, run.model, run.mesh, out,
@@ -117,8 +153,11 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
           f"  -> {out}")
   if jax.process_index() == 0:
     if runs != [workdir]:  # An `all` run (even with one category trained so far).
-      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
-      index = report.write_index(workdir / report.REPORT_FILE, reports)
+      # Beside training's summary only with the run's own settings, else in a folder of its own.
+      name = evaluation_name(config_lib.load_config(runs[0]), protocol, full_resolution)
+      top = Path(out_dir) if out_dir else workdir if name is None else workdir / f"eval_{name}"
+      fileio.atomic_write_text(top / "summary.md", metrics_lib.summary_table(results) + "\n")
+      index = report.write_index(top / report.REPORT_FILE, reports)
       print(f"Report: {index}")
     elif runs:
       print(f"Report: {reports[str(config.data.category)][1]}")

@@ -51,14 +51,24 @@ def test_train_writes_artifacts_and_evaluates(trained_workdir):
   assert (workdir / "eval" / "4" / "report.html").is_file()  # Every evaluation writes one.
 
 
+def _tree(folder):
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
   workdir, train_result = trained_workdir
+  training_eval = workdir / "eval" / "4"
+  before = _tree(training_eval)
+  paper = json.loads((training_eval / "metrics.json").read_text())
   done = _run_cli("evaluate.py", f"--workdir={workdir}", "--protocol=standard",
                   "--full_resolution", "--overlays")
   assert done.returncode == 0, done.stderr[-3000:]
-  out = workdir / "eval" / "4"
+  # Another protocol goes to its own folder; training's evaluation is left byte for byte.
+  out = training_eval / "standard_full_resolution"
+  assert {k: v for k, v in _tree(training_eval).items()
+          if k.parts[0] != "standard_full_resolution"} == before
   saved = json.loads((out / "metrics.json").read_text())
-  assert saved["protocol"] == "standard"
+  assert saved["protocol"] == "standard" and paper["protocol"] == "paper"
   assert 0.0 <= saved["aupro_full_resolution"] <= 1.0
   # Same predictions as in training's evaluation; the image metrics do not depend on masks.
   assert saved["image_auroc"] == pytest.approx(train_result["image_auroc"], abs=1e-6)
@@ -89,10 +99,32 @@ def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   records = json.loads((tmp_path / "pred" / "scores.json").read_text())
   assert [os.path.basename(r["file"]) for r in records] == ["000.png", "001.png", "gray.png"]
-  assert all(r["threshold"] == pytest.approx(saved["f1_threshold"]) for r in records)
+  # predict.py decides with the run's own (paper) protocol's threshold.
+  assert all(r["threshold"] == pytest.approx(paper["f1_threshold"]) for r in records)
   assert all(r["anomalous"] == (r["score"] >= r["threshold"]) for r in records)
   with Image.open(tmp_path / "pred" / "gray.png") as im:
     assert im.size[0] >= 3 * 900  # Three tiles at the image's own resolution.
+
+
+def test_evaluate_an_all_run_from_its_top_folder(trained_workdir, tmp_path):
+  # An `all` run keeps config.json only in its per-category sub-workdirs.
+  from draem_jax import inference
+  source, train_result = trained_workdir
+  workdir = tmp_path / "all"
+  shutil.copytree(source, workdir / "bottle", ignore=shutil.ignore_patterns("eval"))
+  results = inference.evaluate_workdir(workdir)
+  assert set(results) == {"bottle"}
+  assert results["bottle"]["image_auroc"] == pytest.approx(train_result["image_auroc"], abs=1e-6)
+  assert (workdir / "bottle" / "eval" / "4" / "metrics.json").is_file()
+  assert "bottle" in (workdir / "summary.md").read_text()
+  assert "bottle/eval/4/report.html" in (workdir / "report.html").read_text()
+  # Another protocol: its summary and index in a folder of their own.
+  inference.evaluate_workdir(workdir, protocol="standard")
+  assert (workdir / "bottle" / "eval" / "4" / "standard" / "metrics.json").is_file()
+  index = (workdir / "eval_standard" / "report.html").read_text()
+  assert "bottle/eval/4/standard/report.html" in index
+  with pytest.raises(ConfigError, match="config.json does not exist"):
+    inference.evaluate_workdir(tmp_path / "all" / "bottle" / "checkpoints")
 
 
 def test_config_errors_fail_before_compute(tmp_path):

@@ -11,7 +11,7 @@ Public API (the trainer, evaluator and predictor use these):
 """
 
 from draem_jax.data.images import load_image
-from draem_jax.data.mvtec import CATEGORIES as MVTEC_CATEGORIES
+from draem_jax.data.mvtec_info import CATEGORIES as MVTEC_CATEGORIES
 from draem_jax.data.pipeline import EvalDataset
 from draem_jax.data.pipeline import has_test_split
 from draem_jax.data.pipeline import has_validation_split

@@ -22,7 +22,8 @@ each hold a copy of the cache); data.num_workers then only matters when the cach
 bench/input_pipeline.py measures both.
 
 Evaluation (`make_eval_dataset`): every test sample exactly once, sorted by (defect type, file
-name), the last batch padded and flagged by `valid`; masks resized like the reference protocol
+name), in global batches of eval.batch_size rounded up to a multiple of the device count, the
+last batch padded and flagged by `valid` (`draem_jax.data.padding`); masks resized like the reference protocol
 (bilinear, no antialiasing, float 0..1; the evaluator thresholds them, DRAEM_SPEC 5).
 """
 
@@ -43,7 +44,8 @@ from absl import logging
 
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
-from draem_jax.data import mvtec as mvtec_lib
+from draem_jax.data import mvtec_info
+from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
 
@@ -51,15 +53,24 @@ SOURCES = ("mvtec", "folder")
 # The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
 SIZE_MULTIPLE = 32
 
+
+
+def _mvtec():
+  """The MVTec AD TFDS builder module, imported on first use: folder data sets run without
+  tensorflow-datasets installed."""
+  from draem_jax.data import mvtec  # pylint: disable=g-import-not-at-top
+  return mvtec
+
 # ------------------------------------------------------------------------------------------
 # Config checks and split readers.
 
 
 def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
-                  batch_fields: tuple[str, ...] = ("train", "eval")) -> None:
+                  batch_fields: tuple[str, ...] = ("train",)) -> None:
   """Config-only checks (no file system access); raises ConfigError naming the field.
 
-  `batch_fields` names the groups whose batch_size must split over `process_count`.
+  `batch_fields` names the groups whose batch_size must split over `process_count` (train;
+  evaluation batches are padded to fit, `padding.padded_batch_size`).
   """
   data = config.data
   if data.source not in SOURCES:
@@ -82,9 +93,9 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
     raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0 (0 = main process).")
   if data.prefetch_buffer_size < 1:
     raise ConfigError(f"data.prefetch_buffer_size={data.prefetch_buffer_size} must be >= 1.")
-  if data.source == "mvtec" and data.category not in mvtec_lib.CATEGORIES + ("all",):
+  if data.source == "mvtec" and data.category not in mvtec_info.CATEGORIES + ("all",):
     raise ConfigError(f"data.category={data.category!r} is not an MVTec AD category; expected "
-                      f"one of {', '.join(mvtec_lib.CATEGORIES)} or 'all'.")
+                      f"one of {', '.join(mvtec_info.CATEGORIES)} or 'all'.")
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
@@ -104,6 +115,18 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
                       "data.source='folder' only: MVTec AD's masks are always "
                       f"ground_truth/<defect>/{folder_lib.DEFAULT_MASK_PATTERN}.")
   folder_lib.check_mask_pattern(pattern)
+  max_textures = data.get("max_textures", 0)
+  if (isinstance(max_textures, bool) or not isinstance(max_textures, (int, np.integer))
+      or max_textures < 0):
+    raise ConfigError(f"data.max_textures={max_textures!r} must be an integer >= 0 (0 = every "
+                      "texture under data.texture_root).")
+
+
+def texture_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """The anomaly-source textures of a run: data.texture_root's images, or the fixed subset of
+  data.max_textures of them (`textures.select_textures`)."""
+  return textures_lib.select_textures(textures_lib.list_textures(config.data.texture_root),
+                                      int(config.data.get("max_textures", 0)))
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -131,7 +154,7 @@ def _train_list(config: ml_collections.ConfigDict):
 def _root(config: ml_collections.ConfigDict) -> Path:
   """data.root; for MVTec AD an empty root means TFDS's default manual dir."""
   if config.data.source == "mvtec":
-    return mvtec_lib.resolve_root(config.data.root, _tfds_data_dir(config))
+    return _mvtec().resolve_root(config.data.root, _tfds_data_dir(config))
   return Path(os.path.expandvars(str(config.data.root))).expanduser()
 
 
@@ -244,8 +267,8 @@ def open_split(config: ml_collections.ConfigDict, split: str):
 def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
   """The whole "train" or "test" split as stored (no validation hold-out)."""
   if config.data.source == "mvtec":
-    mvtec_lib.prepare(category, _root(config), _tfds_data_dir(config))
-    return mvtec_lib.PreparedSplit(category, _tfds_data_dir(config), split)
+    _mvtec().prepare(category, _root(config), _tfds_data_dir(config))
+    return _mvtec().PreparedSplit(category, _tfds_data_dir(config), split)
   root = _root(config)
   if not root.is_dir():
     raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
@@ -264,10 +287,10 @@ def has_test_split(config: ml_collections.ConfigDict) -> bool:
 
 def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_test: bool) -> int:
   """Training images of a category: from the prepared data, else by scanning its folder."""
-  if mvtec_lib.is_prepared(category, _tfds_data_dir(config)):
-    mvtec = mvtec_lib.builder(category, _tfds_data_dir(config))
+  if _mvtec().is_prepared(category, _tfds_data_dir(config)):
+    mvtec = _mvtec().builder(category, _tfds_data_dir(config))
     return mvtec.info.splits["train"].num_examples
-  category_root = mvtec_lib.check_category_root(_root(config), category)
+  category_root = _mvtec().check_category_root(_root(config), category)
   if check_test:
     folder_lib.scan_test(category_root)
   return len(folder_lib.scan_train(category_root))
@@ -294,12 +317,13 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   Args:
     config: the experiment config (data, train.batch_size, eval.batch_size are read).
     process_count: number of JAX processes that will share the training batch.
-    require_test: also check the test split (always present for MVTec AD; for a folder
-      data set, `<root>/test` must then exist).
+    require_test: `<root>/test` of a folder data set must exist (always present for MVTec
+      AD). Without, a test split that exists is still checked (masks, mask names, sizes): the
+      run evaluates on it after training, and a bad mask must not wait until then.
   """
   _check_config(config, process_count)
   data = config.data
-  categories = (mvtec_lib.CATEGORIES if data.source == "mvtec" and data.category == "all"
+  categories = (mvtec_info.CATEGORIES if data.source == "mvtec" and data.category == "all"
                 else (data.category,))
   for category in categories:
     if data.source == "mvtec":
@@ -310,13 +334,13 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
         raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                         f"{folder_lib.LAYOUT}.")
       num_train = len(folder_lib.scan_train(root, _train_list(config)))
-      if require_test:
+      if require_test or (root / "test").is_dir():
         folder_lib.scan_test(root, **_test_scan_args(config))
     num_train = len(holdout_indices(num_train, config, process_count)[0])
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")
-  textures_lib.list_textures(data.texture_root)
+  texture_paths(config)
 
 
 # ------------------------------------------------------------------------------------------
@@ -421,7 +445,7 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 def _reader_key(config: ml_collections.ConfigDict, reader, split: str) -> tuple:
   if isinstance(reader, SubsetSplit):
     return _reader_key(config, reader.base, split) + (tuple(reader.indices.tolist()),)
-  if isinstance(reader, mvtec_lib.PreparedSplit):
+  if config.data.source == "mvtec" and isinstance(reader, _mvtec().PreparedSplit):
     return ("mvtec", _tfds_data_dir(config), config.data.category, split)
   return ("folder", split, tuple(reader.read(i)[0] for i in range(len(reader))))
 
@@ -501,13 +525,13 @@ def _train_sources(config: ml_collections.ConfigDict, cache: bool):
   """(images, textures): random-access uint8 (size, size, 3) tables, decoded or lazy."""
   size = config.data.image_size
   reader = open_split(config, "train")
-  texture_paths = textures_lib.list_textures(config.data.texture_root)
+  paths = texture_paths(config)
   images = _TrainImages(reader, size)
-  textures = _Textures(texture_paths, size)
+  textures = _Textures(paths, size)
   if cache:
     images = _cached(_reader_key(config, reader, "train") + (size,),
                      lambda: _decode_all(images, "training images"))
-    textures = _cached(("textures", tuple(texture_paths), size),
+    textures = _cached(("textures", tuple(paths), size),
                        lambda: _decode_all(textures, "textures"))
   return images, textures
 
@@ -519,14 +543,14 @@ def validation_sources(config: ml_collections.ConfigDict
   Returns:
     images: uint8 (N, S, S, 3), S = data.image_size, in file-name order (cached in memory);
     file_names: (N,) their names relative to the data root;
-    texture_paths: every anomaly-source texture file, sorted.
+    texture_paths: the run's anomaly-source texture files (`texture_paths`), sorted.
   """
   size = config.data.image_size
   reader = open_split(config, "validation")
   images = _TrainImages(reader, size)
   decoded = _cached(_reader_key(config, reader, "validation") + (size,),
                     lambda: _decode_all(images, "validation images"))
-  return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
+  return decoded, list(reader.file_names), texture_paths(config)
 
 
 def sample_train_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
@@ -630,7 +654,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
 class EvalDataset:
   """The test split in a fixed order, as padded batches, plus original-resolution access.
 
-  Iterating yields dicts of host-local numpy arrays (B = eval.batch_size // process_count):
+  Iterating yields dicts of host-local numpy arrays (B = global_batch_size // process_count):
     'image':       uint8 (B, S, S, 3) at S = data.image_size;
     'mask':        float32 (B, S, S), the 0/1 mask bilinearly resized (no antialiasing);
                    the evaluator thresholds it (paper: >= 1 - 0.5/255; standard: >= 0.5);
@@ -648,19 +672,19 @@ class EvalDataset:
   """
 
   def __init__(self, reader, config: ml_collections.ConfigDict, process_index: int,
-               process_count: int, cache: bool):
+               process_count: int, cache: bool, global_batch_size: int):
     self._reader = reader
     self._config = config
     self.image_size = config.data.image_size
-    self.global_batch_size = config.eval.batch_size
-    self.batch_size = self.global_batch_size // process_count
+    self.global_batch_size = global_batch_size
+    self.batch_size = global_batch_size // process_count
     self.num_examples = len(reader)
     self.num_batches = -(-self.num_examples // self.global_batch_size)
     self.has_masks = bool(reader.has_masks)
     self.labels = np.asarray(reader.labels, np.int32)
     self.defect_types = np.asarray(reader.defect_types, dtype=str)
     self.file_names = np.asarray(reader.file_names, dtype=str)
-    self._process_index = process_index
+    self._process_index, self._process_count = process_index, process_count
     self._cache = cache
     self._threads = max(1, min(4, config.data.num_workers))
 
@@ -669,12 +693,9 @@ class EvalDataset:
 
   def _indices(self) -> list[int]:
     """This process's rows of every global batch; -1 marks padding past the last sample."""
-    out = []
-    for b in range(self.num_batches):
-      start = b * self.global_batch_size + self._process_index * self.batch_size
-      out.extend(i if i < self.num_examples else -1
-                 for i in range(start, start + self.batch_size))
-    return out
+    return [int(i) for rows in padding.batch_indices(
+        self.num_examples, self.global_batch_size, self._process_index, self._process_count)
+            for i in rows]
 
   def _samples(self):
     samples = _EvalSamples(self._reader, self.image_size)
@@ -713,16 +734,18 @@ class EvalDataset:
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
-                      process_count: int = 1) -> EvalDataset:
+                      process_count: int = 1, num_devices: int | None = None) -> EvalDataset:
   """The test split for evaluation (see `EvalDataset` for the batch format).
 
-  With several processes, each yields its rows [p*B/P, (p+1)*B/P) of every global batch of
-  B = eval.batch_size, so that every process runs the same number of steps and the global batch
-  is the processes' batches concatenated in process order.
+  Global batches hold B = eval.batch_size rounded up to a multiple of `num_devices` rows
+  (`padding.padded_batch_size`). With several processes, each yields its rows
+  [p*B/P, (p+1)*B/P) of every global batch, so that every process runs the same number of
+  steps and the global batch is the processes' batches concatenated in process order.
 
   Args:
     config: the experiment config.
     process_index, process_count: this process and the number of processes.
+    num_devices: devices the batches are sharded over (default: one per process).
 
   Returns:
     EvalDataset (iterable, re-iterable; `original(i)`, `num_examples`, `has_masks`).
@@ -730,10 +753,19 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int =
   Raises:
     DataError: no test split (a folder data set without `<root>/test`), or a malformed one.
   """
-  _check_config(config, process_count, batch_fields=("eval",))
+  _check_config(config, process_count, batch_fields=())
   _check_process(process_index, process_count)
+  value = config.eval.batch_size
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"eval.batch_size={value!r} must be a positive integer.")
+  num_devices = process_count if num_devices is None else num_devices
+  if num_devices % process_count:
+    raise ValueError(f"num_devices={num_devices} must be a multiple of the number of processes "
+                     f"({process_count}).")
+  global_batch = padding.padded_batch_size(config.eval.batch_size, num_devices)
   cache = config.data.get("cache_decoded", True)
-  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache)
+  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache,
+                     global_batch)
 
 
 load_image = images_lib.load_image

@@ -268,9 +268,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
   """
   ev = config.eval
-  parallel.check_batch_size(ev.batch_size, mesh, "eval.batch_size")
   eval_ds = data_lib.make_eval_dataset(config, process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+                                       process_count=jax.process_count(),
+                                       num_devices=mesh.devices.size)
   predict = jit_predict_fn(predict_fn_for(model, ev), mesh)
   pred = predict_split(predict, variables, eval_ds, mesh)
   if eval_ds.has_masks:
