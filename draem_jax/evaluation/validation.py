@@ -58,13 +58,16 @@ def synthetic_split(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The validation images, clean and with simulated anomalies (module docstring, step 1).
 
   Returns:
-    {'images': float32 (2N, S, S, 3) in [0, 1] (N clean, then N simulated), 'masks': float32
-    (2N, S, S) in {0, 1}, 'labels': int32 (2N,), 'files': the N held-out file names}.
+    {'images': float32 (2N, H, W, 3) in [0, 1] (N clean, then N simulated), 'masks': float32
+    (2N, H, W) in {0, 1}, 'labels': int32 (2N,), 'files': the N held-out file names}.
   """
   clean, files, texture_paths = pipeline.validation_sources(config)
-  n, size = clean.shape[0], config.data.image_size
+  n = clean.shape[0]
   draws = np.random.default_rng(SIMULATION_SEED).integers(len(texture_paths), size=n)
-  textures = pipeline.load_textures([texture_paths[i] for i in draws], size)
+  # The anomalies are simulated on the whole resized image, which is what evaluation scores
+  # (also when training used crops).
+  textures = pipeline.load_textures([texture_paths[i] for i in draws],
+                                    pipeline.texture_preprocess(config, pipeline.image_hw(config)))
   # Every held-out image gets an anomaly (the training default gives half of them none): the
   # clean copies are the normal half of the split.
   sim_config = dataclasses.replace(simulator.SimulatorConfig.from_config(config.simulator),
