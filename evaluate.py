@@ -2,9 +2,13 @@
 
 Restores the run's config and checkpoint, computes image AUROC, pixel AUROC, pixel AP, AU-PRO
 and image F1-max (overall and per defect type), and writes `DIR/eval/<step>/`: metrics.json,
-comparison.md (next to the paper's numbers), scores.csv and overlays/<defect>/<name>.png.
-For a run of all MVTec categories (`configs/mvtec.py:all`), evaluates each and writes
-`DIR/summary.md`.
+comparison.md (next to the paper's numbers), scores.csv, report.html and
+overlays/<defect>/<name>.png. An evaluation with another protocol or resolution than the run's
+own (--protocol, --full_resolution) goes to `DIR/eval/<step>/<protocol>[_full_resolution]/`
+and leaves training's evaluation (which predict.py and export.py read) as it is.
+For a run of all MVTec categories (`configs/mvtec.py:all`: DIR/<category>/ per category),
+evaluates each and writes `DIR/summary.md` and `DIR/report.html` (`DIR/eval_<name>/` for
+another protocol or resolution).
 """
 
 import sys
@@ -27,7 +31,9 @@ _FULL_RESOLUTION = flags.DEFINE_bool(
     "(default: the run's eval.aupro_full_resolution).")
 _OVERLAYS = flags.DEFINE_bool("overlays", None, "Write overlay PNGs (default: the run's "
                               "eval.write_overlays).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/eval/<step>).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/eval/<step>, or its "
+                           "<protocol>[_full_resolution] sub-folder for settings other than "
+                           "the run's).")
 
 
 def main(argv):

@@ -5,6 +5,7 @@ data fields (paths, category, image size) are checked by `draem_jax.data`. A run
 saved as `workdir/config.json`, which `evaluate.py` and `predict.py` read back.
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,6 +14,9 @@ from pathlib import Path
 import ml_collections
 
 from draem_jax import fileio
+from draem_jax import image_io
+from draem_jax.data import folder as folder_lib
+from draem_jax.models.layers import LAYER_IMPLS
 from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
@@ -22,6 +26,8 @@ PROTOCOLS = ("paper", "standard")
 # (draem_jax.evaluation.evaluator.image_score).
 IMAGE_SCORES = ("paper", "minus_median", "p99")
 DTYPES = ("float32", "bfloat16")
+# model.variant: DRAEM, and the paper's single-network ablations (draem_jax.models.VARIANTS).
+MODEL_VARIANTS = ("draem", "disc_only", "recon_ae")
 
 
 def _require(condition: bool, field: str, value, expectation: str):
@@ -50,6 +56,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be one of {DTYPES}.")
   for field in ("model.recon_width", "model.disc_width"):
     _positive_int(config, field)
+  _require(config.model.get("layer_impl", "auto") in LAYER_IMPLS, "model.layer_impl",
+           config.model.get("layer_impl"), f"must be one of {LAYER_IMPLS}.")
+  variant = config.model.get("variant", "draem")
+  _require(variant in MODEL_VARIANTS, "model.variant", variant,
+           f"must be one of {MODEL_VARIANTS}.")
+  sspcab = config.model.get("sspcab", False)
+  _require(isinstance(sspcab, bool), "model.sspcab", sspcab, "must be True or False.")
+  _require(not (sspcab and variant == "disc_only"), "model.sspcab", sspcab,
+           "replaces a block of the reconstructive network, which model.variant='disc_only' "
+           "does not have.")
+  sspcab_lambda = config.model.get("sspcab_lambda", 0.1)
+  _require(isinstance(sspcab_lambda, (int, float)) and not isinstance(sspcab_lambda, bool)
+           and sspcab_lambda >= 0, "model.sspcab_lambda", sspcab_lambda,
+           "must be a number >= 0 (0.1 as in anomalib).")
   # Optimisation.
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", optim.learning_rate,
@@ -82,6 +102,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(ev.mean_filter_size, int) and ev.mean_filter_size > 0
            and ev.mean_filter_size % 2 == 1, "eval.mean_filter_size", ev.mean_filter_size,
            "must be a positive odd integer (21 in the paper).")
+  fraction = ev.get("mean_filter_fraction", 0.0)
+  _require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+           and 0 <= fraction < 1, "eval.mean_filter_fraction", fraction,
+           "must be in [0, 1): 0 = eval.mean_filter_size, else that share of the short side "
+           "(21/256 in the paper).")
+  tile = ev.get("tile_size", 0)
+  if tile != 0:
+    try:
+      tile_hw = image_io.size_hw(tile, "eval.tile_size")
+      image_hw = image_io.size_hw(config.data.image_size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _require(min(tile_hw) > 0 and tile_hw[0] % 32 == 0 and tile_hw[1] % 32 == 0
+             and tile_hw[0] <= image_hw[0] and tile_hw[1] <= image_hw[1], "eval.tile_size",
+             tile, f"must be 0 (whole image) or a multiple of 32 no larger than "
+             f"data.image_size={config.data.image_size!r}.")
+  overlap = ev.get("tile_overlap", 0.25)
+  _require(isinstance(overlap, (int, float)) and 0 <= overlap < 1, "eval.tile_overlap",
+           overlap, "must be in [0, 1).")
   _require(0 < ev.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", ev.aupro_fpr_limit,
            "must be in (0, 1].")
   method = ev.get("threshold_method", "f1")
@@ -126,12 +165,46 @@ _FREE_GROUPS = ("eval", "checkpoint")
 _FREE_FIELDS = frozenset({
     "data.num_workers", "data.prefetch_buffer_size", "data.cache_decoded", "data.tfds_data_dir",
     "simulator.batching",  # "map" and "vmap" compute the same draws; "auto" picks per backend.
+    "model.layer_impl",  # Same parameters and numbers (up to rounding) with either layer set.
     "train.log_every_steps", "train.eval_every_steps",
 })
 _FREE_PREFIXES = ("train.distributed", "train.coordinator", "train.num_processes",
                   "train.process_id", "train.initialization_timeout")
 HISTORY_FILE = "config_history.jsonl"
 _ABSENT = "(absent)"
+
+
+def _absent_defaults() -> dict[str, object]:
+  """What the code uses for a field a config.json does not have (one written before the field
+  existed): the simulator's dataclass defaults and the `.get` defaults of the readers. Each
+  reproduces the behaviour the run had before the field was added."""
+  out = {f"simulator.{f.name}": f.default for f in dataclasses.fields(simulator.SimulatorConfig)}
+  out.update({
+      "data.train_list": "", "data.validation_fraction": 0.0, "data.validation_min_images": 1,
+      "data.mask_pattern": folder_lib.DEFAULT_MASK_PATTERN, "data.mask_root": "", "data.cache_decoded": True,
+      "eval.image_score": "paper", "eval.threshold_method": "f1", "eval.target_fpr": 0.01,
+      "eval.sensitivity": 0.5, "eval.aupro_full_resolution": False,
+      "data.resize": "stretch", "data.resize_antialias": False, "data.crop_size": 0,
+      "eval.mean_filter_fraction": 0.0, "eval.tile_size": 0, "eval.tile_overlap": 0.25,
+      "data.max_textures": 0, "model.variant": "draem", "model.sspcab": False,
+      "model.sspcab_lambda": 0.1,
+  })
+  return out
+
+
+# Field -> the value a config without the field behaves as (see `_absent_defaults`).
+ABSENT_DEFAULTS = _absent_defaults()
+
+
+def _same(a, b, field: str) -> bool:
+  """Equal values, or a field absent on one side whose other side is the absent default."""
+  if a == b:
+    return True
+  if field in ABSENT_DEFAULTS and _ABSENT in (a, b):
+    value = b if a == _ABSENT else a
+    default = ABSENT_DEFAULTS[field]
+    return value == default and isinstance(value, bool) == isinstance(default, bool)
+  return False
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -155,7 +228,9 @@ def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.Conf
                    trajectory_only: bool = True) -> dict[str, tuple[object, object]]:
   """Fields whose values differ between two configs: {field: (saved value, new value)}.
 
-  A field present in only one of them counts as changed ("(absent)" on the other side).
+  A field present in only one of them counts as changed ("(absent)" on the other side),
+  unless its value there is what a config without the field behaves as (`ABSENT_DEFAULTS`):
+  a config.json written before a field existed resumes under a config that has it.
 
   Args:
     saved: the config a run was trained with (config.json).
@@ -167,7 +242,7 @@ def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.Conf
   changes = {}
   for field in sorted(set(old) | set(new)):
     a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
-    if a != b and (not trajectory_only or _alters_trajectory(field)):
+    if not _same(a, b, field) and (not trajectory_only or _alters_trajectory(field)):
       changes[field] = (a, b)
   return changes
 

@@ -9,15 +9,26 @@ implementation uses for images and ground-truth masks: separable linear interpol
 half-pixel centres (`src = (dst + 0.5) * in / out - 0.5`), edge pixels replicated and NO
 antialiasing when shrinking. Pillow's `Image.resize(BILINEAR)` widens its kernel when shrinking
 (antialiasing) and would give softer images and masks than the published protocol.
+
+`resize_antialiased` is that antialiased resize (Pillow's BILINEAR, triangle kernel widened by
+the reduction factor), written in numpy so the JAX-free runner computes it identically: from a
+900 px image the reference resize keeps one pixel in fourteen at 64 px, this one averages all.
+
+`Preprocess` is the one geometry every image goes through (training, evaluation, validation,
+predict.py, the exported model's metadata and the ONNX runner): the resize (`data.resize`:
+stretch to the model size, fit the long side and pad, or fit the short side and crop the centre),
+its kernel (`data.resize_antialias`), and the way back from an anomaly map to the input's own
+pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -236,3 +247,253 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
     raise DataError(f"{path} is a folder; load_image expects an image file.")
   image = decode_image(path)
   return image if size is None else resize_bilinear(image, size)
+
+
+# ------------------------------------------------------------------------------------------
+# Antialiased resize and the preprocessing geometry.
+
+
+def _triangle_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+  """Source indices and weights (n_out, K) of Pillow's BILINEAR resample along one axis.
+
+  Pillow (`ImagingResample`, `precompute_coeffs`): the triangle kernel of support 1 is widened
+  by the reduction factor `scale = in / out` when shrinking (never narrowed when enlarging),
+  centred on `(i + 0.5) * scale`, cut at the image borders and renormalised to sum 1. Padding
+  taps carry weight 0 (and index 0).
+  """
+  scale = n_in / n_out
+  filter_scale = max(scale, 1.0)
+  support = filter_scale  # The triangle's support (1) times the widening.
+  centre = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
+  # Pillow truncates towards zero (a C cast); both ends are then clipped to the image.
+  lo = np.clip(np.trunc(centre - support + 0.5).astype(np.int64), 0, n_in)
+  hi = np.clip(np.trunc(centre + support + 0.5).astype(np.int64), 0, n_in)
+  k = int(max(1, (hi - lo).max()))
+  index = lo[:, None] + np.arange(k)[None, :]
+  inside = index < hi[:, None]
+  weight = np.maximum(0.0, 1.0 - np.abs((index - centre[:, None] + 0.5) / filter_scale))
+  weight = np.where(inside, weight, 0.0)
+  weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-300)
+  return np.where(inside, index, 0), weight.astype(np.float32)
+
+
+def _resample_axis(array: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+  """float32 `array` resampled along `axis` (0 or 1) with `_triangle_taps`."""
+  index, weight = _triangle_taps(array.shape[axis], n_out)
+  shape = [1] * array.ndim
+  shape[axis] = n_out
+  out = np.zeros(array.shape[:axis] + (n_out,) + array.shape[axis + 1:], np.float32)
+  for t in range(index.shape[1]):  # K taps: a gather and a multiply-add each.
+    out += np.take(array, index[:, t], axis=axis) * weight[:, t].reshape(shape)
+  return out
+
+
+def resize_antialiased(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+  """Antialiased bilinear resize: Pillow's `Image.resize(size, BILINEAR)` in numpy.
+
+  Every input pixel contributes when shrinking (a triangle kernel as wide as the reduction),
+  so small defects are averaged into the smaller image instead of skipped. Enlarging is plain
+  bilinear interpolation with half-pixel centres.
+
+  Args:
+    array: (H, W) or (H, W, C), uint8 or floating point.
+    size: output side (square) or (height, width).
+
+  Returns:
+    (h, w) or (h, w, C). uint8 input gives uint8 rounded to nearest (Pillow rounds after each
+    of its two passes, so the two can differ by 1 level); float input gives float32.
+  """
+  out_h, out_w = _size_hw(size)
+  in_h, in_w = array.shape[:2]
+  if (in_h, in_w) == (out_h, out_w):
+    return array.copy() if array.dtype == np.uint8 else array.astype(np.float32)
+  # Columns first, then rows, as Pillow.
+  out = array.astype(np.float32)
+  if out_w != in_w:
+    out = _resample_axis(out, out_w, axis=1)
+  if out_h != in_h:
+    out = _resample_axis(out, out_h, axis=0)
+  if array.dtype == np.uint8:
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return out
+
+
+RESIZE_MODES = ("stretch", "fit_long_side", "fit_short_side")
+
+
+def size_hw(value: Any, field: str = "data.image_size") -> tuple[int, int]:
+  """(height, width) from a square side or a (height, width) pair (a list after JSON).
+
+  Raises:
+    ValueError: naming `field`, when `value` is neither.
+  """
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return int(value), int(value)
+  if (isinstance(value, (tuple, list)) and len(value) == 2
+      and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+    return int(value[0]), int(value[1])
+  raise ValueError(f"{field}={value!r} must be a side (e.g. 256) or (height, width), e.g. "
+                   "(256, 512).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where an input image lands in the model's (height, width) frame.
+
+  The input is resized to (height, width) = `resized`, then put at (top, left) of the frame;
+  a negative offset means that much is cut off (fit_short_side's centre crop), a positive one
+  is padding (fit_long_side).
+  """
+
+  resized: tuple[int, int]
+  top: int
+  left: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """The geometry from an input image of any size to the model's input, and back.
+
+  Attributes:
+    size: (height, width) of the model's input (data.image_size).
+    mode: one of RESIZE_MODES (data.resize). stretch: resize to `size`, ignoring the aspect
+      ratio (the reference). fit_long_side: keep the aspect ratio, the whole image inside
+      `size`, the rest padded with black. fit_short_side: keep the aspect ratio, cover `size`,
+      the overhang cut off equally on both sides (centre crop).
+    antialias: resize with `resize_antialiased` (data.resize_antialias) instead of the
+      reference's `resize_bilinear`.
+  """
+
+  size: tuple[int, int]
+  mode: str = "stretch"
+  antialias: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "size", size_hw(self.size))
+    if self.mode not in RESIZE_MODES:
+      raise ValueError(f"data.resize={self.mode!r} must be one of {RESIZE_MODES}.")
+    object.__setattr__(self, "antialias", bool(self.antialias))
+
+  @classmethod
+  def from_config(cls, data_config) -> "Preprocess":
+    """From the data group of an experiment config (fields missing in old runs: defaults)."""
+    return cls(size=data_config.image_size, mode=data_config.get("resize", "stretch"),
+               antialias=bool(data_config.get("resize_antialias", False)))
+
+  def to_metadata(self) -> dict[str, Any]:
+    """JSON-ready description (model.json of an exported model)."""
+    return {"size": list(self.size), "mode": self.mode, "antialias": self.antialias}
+
+  @classmethod
+  def from_metadata(cls, meta: dict[str, Any]) -> "Preprocess":
+    return cls(size=tuple(meta["size"]), mode=meta.get("mode", "stretch"),
+               antialias=bool(meta.get("antialias", False)))
+
+  def placement(self, original_hw: tuple[int, int]) -> Placement:
+    """Where an image of `original_hw` = (height, width) goes in the (H, W) frame."""
+    out_h, out_w = self.size
+    in_h, in_w = int(original_hw[0]), int(original_hw[1])
+    if self.mode == "stretch":
+      return Placement((out_h, out_w), 0, 0)
+    pick = min if self.mode == "fit_long_side" else max
+    scale = pick(out_h / in_h, out_w / in_w)
+    # The side that decided the scale matches the frame exactly; the other is rounded.
+    h = out_h if scale == out_h / in_h else max(1, round(in_h * scale))
+    w = out_w if scale == out_w / in_w else max(1, round(in_w * scale))
+    return Placement((h, w), (out_h - h) // 2, (out_w - w) // 2)
+
+  def _resize(self, array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    return (resize_antialiased if self.antialias else resize_bilinear)(array, hw)
+
+  def _place(self, resized: np.ndarray, where: Placement) -> np.ndarray:
+    out_h, out_w = self.size
+    if where.top == 0 and where.left == 0 and resized.shape[:2] == (out_h, out_w):
+      return resized
+    canvas = np.zeros((out_h, out_w) + resized.shape[2:], resized.dtype)
+    h, w = where.resized
+    # Source and destination windows (a negative offset crops the source).
+    sy, sx = max(0, -where.top), max(0, -where.left)
+    dy, dx = max(0, where.top), max(0, where.left)
+    ch, cw = min(h - sy, out_h - dy), min(w - sx, out_w - dx)
+    canvas[dy:dy + ch, dx:dx + cw] = resized[sy:sy + ch, sx:sx + cw]
+    return canvas
+
+  def image(self, array: np.ndarray) -> np.ndarray:
+    """(h, w, C) uint8 image of any size -> (H, W, C) uint8 model input (padding is black)."""
+    where = self.placement(array.shape[:2])
+    return self._place(self._resize(array, where.resized), where)
+
+  def mask(self, array: np.ndarray) -> np.ndarray:
+    """(h, w) 0/1 ground-truth mask -> float32 (H, W) in [0, 1], resized with the image's own
+    kernel and placement (the evaluator thresholds it: eval.protocol)."""
+    where = self.placement(array.shape[:2])
+    return self._place(self._resize(np.asarray(array, np.float32), where.resized), where)
+
+  def map_back(self, anomaly_map: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) map on the model's frame -> float32 (h, w) on the input image's own pixels.
+
+    The padding of fit_long_side is dropped; the parts fit_short_side cut off were never
+    scored and read 0. The resize back is bilinear (enlarging: no antialiasing needed).
+    """
+    where = self.placement(original_hw)
+    h, w = where.resized
+    region = np.zeros((h, w), np.float32)
+    out_h, out_w = self.size
+    sy, sx = max(0, -where.top), max(0, -where.left)
+    dy, dx = max(0, where.top), max(0, where.left)
+    ch, cw = min(h - sy, out_h - dy), min(w - sx, out_w - dx)
+    region[sy:sy + ch, sx:sx + cw] = anomaly_map[dy:dy + ch, dx:dx + cw]
+    return resize_bilinear(region, (int(original_hw[0]), int(original_hw[1])))
+
+
+# ------------------------------------------------------------------------------------------
+# Images handed over by users (files, bytes, arrays) and the model's input.
+
+
+def as_rgb(image: ImageData | np.ndarray, name: str | None = None) -> np.ndarray:
+  """Any image a user hands over, as uint8 RGB (H, W, 3) at its own resolution.
+
+  Args:
+    image: a path or encoded file bytes (`decode_image`), or an array: (H, W) or (H, W, 1)
+      grayscale, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, 16-bit, bool, or float in [0, 1]
+      (or on the 8-bit scale), mapped to uint8 as decoded files are (`_to_uint8`).
+    name: how to refer to the image in error messages.
+
+  Raises:
+    DataError: an unreadable file or an array of another shape; the message names it.
+  """
+  if not isinstance(image, np.ndarray):
+    return decode_image(image, name)
+  name = name or "image array"
+  if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+    array = image[..., :3]
+  elif image.ndim == 2:
+    array = image
+  else:
+    raise DataError(f"{name} has shape {image.shape}: expected (H, W) grayscale, (H, W, 1), "
+                    "(H, W, 3) RGB or (H, W, 4) RGBA.")
+  if min(array.shape[:2]) < 1:
+    raise DataError(f"{name} has shape {image.shape}: it holds no pixel.")
+  array = _to_uint8(array)
+  if array.ndim == 2 or array.shape[-1] == 1:
+    array = np.repeat(array.reshape(array.shape[:2] + (1,)), 3, axis=-1)
+  return np.ascontiguousarray(array)
+
+
+def model_input(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+  """The one preprocessing step between a decoded image and every model call.
+
+  predict.py, the ONNX runner, `draem_jax.Detector` and the server all call this, so a file
+  scored by any of them gives the same numbers. The model maps uint8 to [0, 1] itself (the
+  JAX predict function) or is fed `x / 255` in float32 (ONNX, model.json's value_range).
+  `preprocess.map_back` brings the model's map back onto the image.
+
+  Args:
+    image: uint8 RGB (H, W, 3) at its own resolution (`as_rgb`).
+    preprocess: the run's geometry (`Preprocess.from_config(config.data)`); the default,
+      Preprocess(data.image_size), is `resize_bilinear` to that size, as in training.
+
+  Returns:
+    uint8 (H', W', 3) at the model's input size.
+  """
+  return preprocess.image(image)

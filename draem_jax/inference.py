@@ -31,6 +31,7 @@ from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
 from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
+from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -66,12 +67,46 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> LoadedRun:
 
 
 def _run_workdirs(workdir: Path) -> list[Path]:
-  """The workdir itself, or for an `all` run its per-category sub-workdirs."""
-  config = config_lib.load_config(workdir)
+  """The workdir itself, or for an `all` run its per-category sub-workdirs.
+
+  An `all` run (configs/mvtec.py:all) keeps no config.json at its top: each category trained
+  so far has its own `<workdir>/<category>/config.json`.
+  """
+  if not (workdir / config_lib.CONFIG_FILE).is_file():
+    categories = [workdir / c for c in data_lib.MVTEC_CATEGORIES
+                  if (workdir / c / config_lib.CONFIG_FILE).is_file()]
+    if categories:
+      return categories
+  config = config_lib.load_config(workdir)  # Names the missing config.json if there is none.
   if config.data.source == "mvtec" and config.data.category == "all":
     return [workdir / c for c in data_lib.MVTEC_CATEGORIES
             if (workdir / c / config_lib.CONFIG_FILE).is_file()]
   return [workdir]
+
+
+def evaluation_name(config: ml_collections.ConfigDict, protocol: str | None,
+                    full_resolution: bool | None) -> str | None:
+  """None for an evaluation with the run's own eval.protocol and eval.aupro_full_resolution,
+  else the name of its own folder: `<protocol>[_full_resolution]` (`evaluation_dir`)."""
+  own_protocol = str(config.eval.protocol)
+  own_full = bool(config.eval.get("aupro_full_resolution", False))
+  protocol = own_protocol if protocol is None else protocol
+  full = own_full if full_resolution is None else bool(full_resolution)
+  if protocol == own_protocol and full == own_full:
+    return None
+  return protocol + ("_full_resolution" if full else "")
+
+
+def evaluation_dir(run_dir: Path, step: int, config: ml_collections.ConfigDict,
+                   protocol: str | None, full_resolution: bool | None) -> Path:
+  """Where an evaluation of checkpoint `step` goes: `<run_dir>/eval/<step>/` with the run's own
+  protocol and resolution (training's evaluation: the metrics, scores and thresholds that
+  predict.py and export.py read), else its own sub-folder
+  `<run_dir>/eval/<step>/<protocol>[_full_resolution]/`, so that nothing of training's is
+  replaced by numbers of another protocol."""
+  base = run_dir / EVAL_DIR / str(step)
+  name = evaluation_name(config, protocol, full_resolution)
+  return base if name is None else base / name
 
 
 def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
@@ -86,7 +121,7 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
     protocol: "paper" or "standard" (default: the run's eval.protocol).
     full_resolution: also AU-PRO at the original resolution (default: the run's config).
     write_overlays: overlay PNGs (default: the run's eval.write_overlays).
-    out_dir: output folder (default: <workdir>/eval/<step>; per category for `all` runs).
+    out_dir: output folder (default: `evaluation_dir`, per category for `all` runs).
   """
   workdir = Path(workdir).expanduser()
   if not workdir.is_dir():
@@ -102,7 +137,8 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
       config.eval.aupro_full_resolution = full_resolution
     config_lib.validate_config(config)
     out = Path(out_dir) / run_dir.name if out_dir and len(runs) > 1 else out_dir
-    out = Path(out) if out else run_dir / EVAL_DIR / str(run.step)
+    out = (Path(out) if out else
+           evaluation_dir(run_dir, run.step, run.config, protocol, full_resolution))
     thresholds = validation.thresholds_for(config, run.variables, run.model, run.mesh,
                                            run_dir / EVAL_DIR / str(run.step), step=run.step)
     result = evaluator.evaluate(config, run.variables, run.model, run.mesh, out,
@@ -117,8 +153,11 @@ def evaluate_workdir(workdir: str | os.PathLike, step: int | None = None,
           f"  -> {out}")
   if jax.process_index() == 0:
     if runs != [workdir]:  # An `all` run (even with one category trained so far).
-      fileio.atomic_write_text(workdir / "summary.md", metrics_lib.summary_table(results) + "\n")
-      index = report.write_index(workdir / report.REPORT_FILE, reports)
+      # Beside training's summary only with the run's own settings, else in a folder of its own.
+      name = evaluation_name(config_lib.load_config(runs[0]), protocol, full_resolution)
+      top = Path(out_dir) if out_dir else workdir if name is None else workdir / f"eval_{name}"
+      fileio.atomic_write_text(top / "summary.md", metrics_lib.summary_table(results) + "\n")
+      index = report.write_index(top / report.REPORT_FILE, reports)
       print(f"Report: {index}")
     elif runs:
       print(f"Report: {reports[str(config.data.category)][1]}")
@@ -152,27 +191,20 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
   return names
 
 
-def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
-                   step: int | None = None, threshold: float | None = None,
-                   write_overlays: bool = True,
-                   sensitivity: float | None = None) -> list[dict[str, Any]]:
-  """Scores images of any size (RGB or grayscale) with a trained run.
+def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None = None,
+                        sensitivity: float | None = None
+                        ) -> tuple[float, float, dict[str, Any] | None]:
+  """The image and pixel thresholds that predict.py decides with, and the validation statistics.
 
-  Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
-  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
-  is >= the threshold: `threshold`; else the validation split's (thresholds.json of the
+  The image threshold is `threshold`; else the validation split's (thresholds.json of the
   checkpoint, chosen now if the run holds out a validation split and it is missing), moved by
   `sensitivity` (default: the one it was chosen with); else the test-set F1-max threshold
-  found by evaluate.py. With validation statistics each record also has `normalized_score`
-  (the threshold at 0.5, `metrics.normalize_scores`).
+  found by evaluate.py.
 
   Returns:
-    One record per image: file, score (raw), normalized_score (None without validation
-    statistics), threshold (raw), anomalous.
+    (image threshold, pixel threshold, the validation thresholds with their min-max statistics
+    for `validation.normalize`, or None without a validation split).
   """
-  workdir = Path(workdir).expanduser()
-  paths = find_images(images)
-  run = load_run(workdir, step)
   chosen = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
                                      workdir / EVAL_DIR / str(run.step), step=run.step)
   found = eval_thresholds(workdir, run.step)
@@ -181,55 +213,50 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
       chosen = validation.with_sensitivity(chosen, sensitivity)
     if threshold is not None:  # A raw threshold given by hand: normalise around it.
       chosen = dict(chosen, image_threshold=float(threshold))
-    threshold = chosen["image_threshold"]
-    pixel_threshold = chosen["pixel_threshold"]
-  else:
-    if sensitivity is not None:
-      raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
-                        "has none (data.validation_fraction=0); pass --threshold instead.")
-    if threshold is None:
-      if "f1_threshold" not in found:
-        raise ConfigError(
-            f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
-            f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
-            "F1-max threshold on the test split), or pass --threshold, or train with "
-            "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
-      threshold = found["f1_threshold"]
-    pixel_threshold = found.get("pixel_f1_threshold", 0.5)
-  config = run.config
-  size = config.data.image_size
-  batch_size = config.eval.batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
-  predict = evaluator.jit_predict_fn(
-      evaluator.predict_fn_for(run.model, config.eval), run.mesh)
+    return float(chosen["image_threshold"]), float(chosen["pixel_threshold"]), chosen
+  if sensitivity is not None:
+    raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
+                      "has none (data.validation_fraction=0); pass --threshold instead.")
+  if threshold is None:
+    if "f1_threshold" not in found:
+      raise ConfigError(
+          f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
+          f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
+          "F1-max threshold on the test split), or pass --threshold, or train with "
+          "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
+    threshold = found["f1_threshold"]
+  return float(threshold), float(found.get("pixel_f1_threshold", 0.5)), None
+
+
+def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
+                   step: int | None = None, threshold: float | None = None,
+                   write_overlays: bool = True,
+                   sensitivity: float | None = None) -> list[dict[str, Any]]:
+  """Scores images of any size (RGB or grayscale) with a trained run (`draem_jax.Detector`).
+
+  Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
+  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
+  is >= the threshold of `decision_thresholds`. With validation statistics each record also
+  has `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
+
+  Returns:
+    One record per image: file, score (raw), normalized_score (None without validation
+    statistics), threshold (raw), anomalous.
+  """
+  from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
+  paths = find_images(images)
+  detector = Detector.from_workdir(workdir, step, threshold=threshold, sensitivity=sensitivity)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = _output_names(paths)
   records = []
+  batch_size = detector.batch_size
   for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
-    chunk = paths[start:start + batch_size]
-    originals = [data_lib.load_image(p) for p in chunk]
-    batch = np.zeros((batch_size, size, size, 3), np.uint8)
-    for i, image in enumerate(originals):
-      batch[i] = images_lib.resize_bilinear(image, size)
-    maps, scores = predict(run.variables,
-                           parallel.global_batch({"image": batch}, run.mesh)["image"])
-    maps, scores = np.asarray(maps), np.asarray(scores)
-    for i, (path, image) in enumerate(zip(chunk, originals)):
-      score = float(scores[i])
-      anomalous = bool(scores[i] >= threshold)
-      normalized = (None if chosen is None else
-                    float(validation.normalize(chosen, np.float64(scores[i]))))
-      records.append({"file": str(path), "score": score, "normalized_score": normalized,
-                      "threshold": float(threshold), "anomalous": anomalous})
+    for i, result in enumerate(detector.predict(paths[start:start + batch_size])):
+      records.append(result.record())
       if write_overlays:
-        full_map = images_lib.resize_bilinear(maps[i].astype(np.float32), image.shape[:2])
-        picture = visualize.panel(
-            image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
-            title=f"{path.name}  score {score:.3f}  "
-                  f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
-        visualize.save_png(out_dir / names[start + i], picture)
+        visualize.save_png(out_dir / names[start + i], result.panel())
   fileio.write_scores(out_dir, records)
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
-               sum(r["anomalous"] for r in records), threshold, out_dir)
+               sum(r["anomalous"] for r in records), detector.threshold, out_dir)
   return records

@@ -51,14 +51,24 @@ def test_train_writes_artifacts_and_evaluates(trained_workdir):
   assert (workdir / "eval" / "4" / "report.html").is_file()  # Every evaluation writes one.
 
 
+def _tree(folder):
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
   workdir, train_result = trained_workdir
+  training_eval = workdir / "eval" / "4"
+  before = _tree(training_eval)
+  paper = json.loads((training_eval / "metrics.json").read_text())
   done = _run_cli("evaluate.py", f"--workdir={workdir}", "--protocol=standard",
                   "--full_resolution", "--overlays")
   assert done.returncode == 0, done.stderr[-3000:]
-  out = workdir / "eval" / "4"
+  # Another protocol goes to its own folder; training's evaluation is left byte for byte.
+  out = training_eval / "standard_full_resolution"
+  assert {k: v for k, v in _tree(training_eval).items()
+          if k.parts[0] != "standard_full_resolution"} == before
   saved = json.loads((out / "metrics.json").read_text())
-  assert saved["protocol"] == "standard"
+  assert saved["protocol"] == "standard" and paper["protocol"] == "paper"
   assert 0.0 <= saved["aupro_full_resolution"] <= 1.0
   # Same predictions as in training's evaluation; the image metrics do not depend on masks.
   assert saved["image_auroc"] == pytest.approx(train_result["image_auroc"], abs=1e-6)
@@ -89,10 +99,32 @@ def test_evaluate_and_predict_cli(trained_workdir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   records = json.loads((tmp_path / "pred" / "scores.json").read_text())
   assert [os.path.basename(r["file"]) for r in records] == ["000.png", "001.png", "gray.png"]
-  assert all(r["threshold"] == pytest.approx(saved["f1_threshold"]) for r in records)
+  # predict.py decides with the run's own (paper) protocol's threshold.
+  assert all(r["threshold"] == pytest.approx(paper["f1_threshold"]) for r in records)
   assert all(r["anomalous"] == (r["score"] >= r["threshold"]) for r in records)
   with Image.open(tmp_path / "pred" / "gray.png") as im:
     assert im.size[0] >= 3 * 900  # Three tiles at the image's own resolution.
+
+
+def test_evaluate_an_all_run_from_its_top_folder(trained_workdir, tmp_path):
+  # An `all` run keeps config.json only in its per-category sub-workdirs.
+  from draem_jax import inference
+  source, train_result = trained_workdir
+  workdir = tmp_path / "all"
+  shutil.copytree(source, workdir / "bottle", ignore=shutil.ignore_patterns("eval"))
+  results = inference.evaluate_workdir(workdir)
+  assert set(results) == {"bottle"}
+  assert results["bottle"]["image_auroc"] == pytest.approx(train_result["image_auroc"], abs=1e-6)
+  assert (workdir / "bottle" / "eval" / "4" / "metrics.json").is_file()
+  assert "bottle" in (workdir / "summary.md").read_text()
+  assert "bottle/eval/4/report.html" in (workdir / "report.html").read_text()
+  # Another protocol: its summary and index in a folder of their own.
+  inference.evaluate_workdir(workdir, protocol="standard")
+  assert (workdir / "bottle" / "eval" / "4" / "standard" / "metrics.json").is_file()
+  index = (workdir / "eval_standard" / "report.html").read_text()
+  assert "bottle/eval/4/standard/report.html" in index
+  with pytest.raises(ConfigError, match="config.json does not exist"):
+    inference.evaluate_workdir(tmp_path / "all" / "bottle" / "checkpoints")
 
 
 def test_config_errors_fail_before_compute(tmp_path):
@@ -147,3 +179,23 @@ def test_resume_refuses_a_changed_run_unless_allowed(trained_workdir, tmp_path):
   assert history[0]["changed"]["train.num_steps"] == [4, 6]
   assert json.loads(saved) == history[0]["config"]
   assert config_lib.load_config(workdir).train.num_steps == 6
+
+
+def test_item3_allowed_config_change_of_the_networks_shapes_is_refused_untouched(
+    trained_workdir, tmp_path):
+  """--allow_config_change with another model.recon_width: refused before anything is written
+  (config.json keeps describing the model the checkpoints hold)."""
+  source, _ = trained_workdir
+  workdir = tmp_path / "run"
+  shutil.copytree(source, workdir)
+  before = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  config = config_lib.load_config(workdir)
+  config.model.recon_width = 8
+  config.train.num_steps = 6
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  message = str(refused.value)
+  assert "holds networks of other shapes" in message and "model.recon_width: 4 -> 8" in message
+  assert "new --workdir" in message
+  after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before  # config.json, history, checkpoints, results: all as they were.

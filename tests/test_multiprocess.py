@@ -176,3 +176,41 @@ def test_distributed_setup_precedence_and_errors():
   train.process_id, train.coordinator_address = 0, "no-port"
   with pytest.raises(parallel.ConfigError, match="must be host:port"):
     parallel.distributed_setup(train, {})
+
+
+_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "2",
+          "SLURM_LOCALID": "0"}
+
+
+def test_item14_coordinator_address_with_ids_from_the_scheduler(monkeypatch):
+  """JAX_COORDINATOR_ADDRESS exported by hand in a SLURM job (no JAX_PROCESS_ID): the count
+  and the id come from SLURM together with the address, so process 0 knows it is 0."""
+  train = helpers.tiny_config().train
+  for name, value in _SLURM.items():
+    monkeypatch.setenv(name, value)
+  for pid in (0, 1):
+    monkeypatch.setenv("SLURM_PROCID", str(pid))
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS="127.0.0.1:1234")
+    assert parallel.distributed_setup(train, env) == ("127.0.0.1:1234", 2, pid, 300)
+  # Values given explicitly still win over the scheduler's.
+  env.update(JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
+  assert parallel.distributed_setup(train, env) == ("127.0.0.1:1234", 4, 3, 300)
+  # Process 0 then serves the coordinator instead of waiting for itself.
+  monkeypatch.setenv("SLURM_PROCID", "0")
+  address = f"127.0.0.1:{_free_port()}"
+  setup = parallel.distributed_setup(train, {"JAX_COORDINATOR_ADDRESS": address})
+  assert setup.process_id == 0
+  start = time.time()
+  parallel.check_coordinator(setup)
+  assert time.time() - start < 5
+
+
+def test_item14_coordinator_address_alone_is_refused_before_waiting(monkeypatch):
+  for name in list(_SLURM) + ["SLURM_PROCID", "OMPI_COMM_WORLD_SIZE"]:
+    monkeypatch.delenv(name, raising=False)
+  train = helpers.tiny_config().train
+  with pytest.raises(parallel.ConfigError, match="JAX_PROCESS_ID"):
+    parallel.distributed_setup(train, {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
+  with pytest.raises(parallel.ConfigError, match="train.process_id"):
+    parallel.distributed_setup(train, {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234",
+                                       "JAX_NUM_PROCESSES": "2"})

@@ -54,7 +54,10 @@ def distributed_setup(train_config, environ: Mapping[str, str] | None = None
 
   Precedence per value: the config field (train.coordinator_address, train.num_processes,
   train.process_id) if set, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
-  else None, which lets JAX detect it (TPU VM pod slices, SLURM, Open MPI, Kubernetes).
+  else None, which lets JAX detect it (TPU VM pod slices, SLURM, Open MPI, Kubernetes). The
+  three are resolved together: with an address given, a missing count or id comes from the
+  cluster scheduler JAX detects (as under SLURM with JAX_COORDINATOR_ADDRESS exported), and
+  without one an address alone is refused: no process would know it is process 0.
 
   Raises:
     ConfigError: a value is malformed (the message names the field or variable).
@@ -75,6 +78,21 @@ def distributed_setup(train_config, environ: Mapping[str, str] | None = None
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
       raise ConfigError(f"coordinator address {address!r} (train.coordinator_address or "
                         f"{ENV_COORDINATOR}) must be host:port, e.g. 10.0.0.2:1234.")
+  if address is not None and (num is None or pid is None):
+    # A coordinator named by hand inside a cluster job (SLURM, Open MPI, ...) that sets the
+    # count and rank in its own variables: take them from there now, as JAX would, so that
+    # process 0 knows it serves the coordinator (`check_coordinator`).
+    detected = _cluster_process_count_and_id()
+    if detected is not None:
+      num = detected[0] if num is None else num
+      pid = detected[1] if pid is None else pid
+    if num is None or pid is None:
+      raise ConfigError(
+          f"coordinator address {address} is set (train.coordinator_address or "
+          f"{ENV_COORDINATOR}) but the number of processes and this process's id are not, and "
+          "no cluster scheduler that sets them was found: set train.num_processes and "
+          f"train.process_id (or {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}) on every process, "
+          "or leave the address unset to let JAX detect all three.")
   if num is not None and num < 1:
     raise ConfigError(f"number of processes {num} (train.num_processes or {ENV_NUM_PROCESSES}) "
                       "must be >= 1.")
@@ -82,6 +100,24 @@ def distributed_setup(train_config, environ: Mapping[str, str] | None = None
     raise ConfigError(f"process id {pid} (train.process_id or {ENV_PROCESS_ID}) must be in "
                       f"[0, {num}).")
   return DistributedSetup(address, num, pid, timeout)
+
+
+def _cluster_process_count_and_id() -> tuple[int, int] | None:
+  """(process count, process id) from the cluster scheduler JAX detects (SLURM's
+  SLURM_NTASKS / SLURM_PROCID, Open MPI's, ...), or None outside such a job.
+
+  Uses JAX's own cluster detection (`jax.distributed.initialize` fills unset values from it),
+  so both agree on which process is 0.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    envs = [env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+            if not env.opt_in_only_method and env.is_env_present()]
+    if not envs:
+      return None
+    return int(envs[0].get_process_count()), int(envs[0].get_process_id())
+  except (ImportError, AttributeError):  # Another JAX release: JAX resolves them itself.
+    return None
 
 
 def _split_address(address: str) -> tuple[str, int]:

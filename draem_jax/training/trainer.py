@@ -7,6 +7,7 @@ TPU VM, SIGKILL, power loss) continues as if it had never stopped. SIGTERM saves
 at the current step before the process exits.
 """
 
+import json
 import logging as pylogging
 import math
 import os
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from draem_jax.training import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
+from draem_jax.data import pipeline
 from draem_jax.evaluation import evaluator
 from draem_jax import fileio
 from draem_jax.training import metric_writers
@@ -35,9 +37,11 @@ from draem_jax.evaluation import report
 from draem_jax.simulation import simulator
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
+from draem_jax.errors import ConfigError, DataError
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+SPLIT_FILE = "validation_files.json"  # The run's held-out (and training) file names.
 
 
 class TrainingDivergedError(RuntimeError):
@@ -178,20 +182,21 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
                                 require_test=config.train.eval_every_steps > 0)
   num_examples = data_lib.num_train_examples(config)
   total_steps = train_step_lib.num_train_steps(config.train, num_examples)
-  image_shape = (config.data.image_size, config.data.image_size)
+  image_shape = data_lib.train_input_hw(config)
 
   resumed_from = checkpointing.committed_steps(workdir / CHECKPOINT_DIR)
   resumed_from = resumed_from[-1] if resumed_from else None
   if (workdir / config_lib.CONFIG_FILE).is_file():
+    saved = config_lib.load_config(workdir)
     # Without a checkpoint nothing was trained yet: a changed config starts the run afresh.
-    changes = config_lib.check_resumable(config_lib.load_config(workdir), config, workdir,
+    changes = config_lib.check_resumable(saved, config, workdir,
                                          allow_change=allow_config_change
                                          or resumed_from is None)
     if changes and resumed_from is not None:
+      _check_same_state_shapes(saved, config, changes, workdir, resumed_from, mesh)
       logging.warning("Continuing from step %d with a changed config (--allow_config_change): "
                       "%s", resumed_from, changes)
-  if process_index == 0:
-    config_lib.save_config(config, workdir, step=resumed_from)
+  split = _check_split(config, workdir, resuming=resumed_from is not None)
 
   model = models.create_model(config.model)
   tx = train_step_lib.make_optimizer(config.optim, total_steps)
@@ -210,6 +215,11 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
       state = checkpointer.restore(abstract, train_iter, step=start_step)
       logging.info("Resuming from step %d.", start_step)
+    # Only now: config.json must describe a model that a checkpoint of the run matches.
+    if process_index == 0:
+      config_lib.save_config(config, workdir, step=resumed_from)
+      if split is not None:
+        fileio.atomic_write_json(workdir / SPLIT_FILE, split)
     local = config.train.batch_size // process_count
     logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
                  process_index, process_count, process_index * local,
@@ -245,6 +255,92 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
   finally:
     train_iter.close()
     checkpointer.close()
+
+
+def _check_split(config: ml_collections.ConfigDict, workdir: Path, resuming: bool
+                 ) -> dict[str, list[str]] | None:
+  """The run's split of train/good into training and held-out files, checked against the one
+  recorded in `workdir/validation_files.json` when the run resumes.
+
+  Membership is by file name (`pipeline.holdout_key`), so added or removed images leave every
+  other image where it was. What a resume must not do is move an image between the parts: a
+  held-out image would be trained on (its thresholds then come from images the networks have
+  seen), or an image trained on would be held out. That is refused before any compute.
+
+  Returns:
+    {'train': [...], 'validation': [...]} to record (None: no validation split, none recorded).
+
+  Raises:
+    DataError: a recorded file changed sides (the message names them and how to proceed).
+  """
+  path = workdir / SPLIT_FILE
+  if not (data_lib.has_validation_split(config) or path.is_file()):
+    return None
+  now = pipeline.split_file_names(config)
+  if not resuming:
+    return now
+  if not path.is_file():
+    logging.warning("%s does not exist (a run started before it was written): the validation "
+                    "split is recorded now, not compared.", path)
+    return now
+  try:
+    recorded = json.loads(path.read_text())
+    before_val, before_train = set(recorded["validation"]), set(recorded["train"])
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ConfigError(f"{path} is not a split written by train.py ({e!r}); restore it, or "
+                      "train in a new --workdir.") from e
+  to_train = sorted(before_val & set(now["train"]))
+  to_val = sorted(before_train & set(now["validation"]))
+  if to_train or to_val:
+    def some(names):
+      return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    moved = ([f"{len(to_train)} held-out image(s) would now be trained on ({some(to_train)})"]
+             if to_train else []) + (
+             [f"{len(to_val)} image(s) trained on would now be held out ({some(to_val)})"]
+             if to_val else [])
+    raise DataError(
+        f"the validation split of the run in {workdir} changed since it was recorded in "
+        f"{path}: {'; '.join(moved)}. Resuming would mix training and validation images. Use "
+        "the data.validation_* settings the run had (images may be added or removed: the "
+        "others keep their side), or train in a new --workdir.")
+  added = set(now["train"]) | set(now["validation"])
+  gone = (before_val | before_train) - added
+  if gone or added - before_val - before_train:
+    logging.info("Training images changed since the split was recorded: %d added, %d gone; "
+                 "every other image keeps its side.",
+                 len(added - before_val - before_train), len(gone))
+  return now
+
+
+def _state_shapes(config: ml_collections.ConfigDict, mesh) -> dict[str, tuple]:
+  """{leaf path: (shape, dtype)} of the train state `config` builds (no allocation)."""
+  model = models.create_model(config.model)
+  tx = train_step_lib.make_optimizer(config.optim, total_steps=1)
+  size = config.data.image_size
+  abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+  return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+
+
+def _check_same_state_shapes(saved: ml_collections.ConfigDict,
+                             config: ml_collections.ConfigDict, changes: dict,
+                             workdir: Path, step: int, mesh) -> None:
+  """Refuses, before anything is written, a changed config whose networks the run's
+  checkpoints cannot hold (e.g. another model.recon_width): --allow_config_change continues a
+  run, it cannot turn its parameters into other shapes."""
+  old, new = _state_shapes(saved, mesh), _state_shapes(config, mesh)
+  if old == new:
+    return
+  differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  example = differing[0]
+  listed = "; ".join(f"{field}: {a!r} -> {b!r}" for field, (a, b) in changes.items()
+                     if field.startswith("model."))
+  raise ConfigError(
+      f"checkpoint {step} in {workdir / CHECKPOINT_DIR} holds networks of other shapes than this "
+      f"config builds ({listed or 'changed fields: ' + ', '.join(changes)}; e.g. {example}: "
+      f"{old.get(example, '(absent)')} -> {new.get(example, '(absent)')}). "
+      "--allow_config_change continues a run only with networks of the same shapes: train "
+      "the changed model in a new --workdir. Nothing in the run was changed.")
 
 
 def _eval_scalars(result: dict[str, Any]) -> dict[str, float]:
