@@ -148,10 +148,13 @@ def test_train_and_evaluate_reports_table4_metrics(dagm_root, tmp_path):
   table4 = result["dagm"]
   assert table4["image_auroc"] == result["image_auroc"]
   assert "eval.threshold_method=fpr" in table4["threshold_source"]
-  rows = (tmp_path / "eval" / "2" / "scores.csv").read_text().splitlines()[1:]
-  labels = np.array([int(r.split(",")[2]) for r in rows])
-  scores = np.array([float(r.split(",")[3]) for r in rows])
-  want = metrics.classification_metrics(labels, scores, table4["threshold"])
-  for key in ("tpr", "tnr", "accuracy"):
-    assert table4[key] == pytest.approx(want[key])
+  # scores.csv's decisions (full-precision scores at the same threshold; its printed scores
+  # are rounded, and after two steps the scores differ by less than that).
+  rows = [r.split(",") for r in
+          (tmp_path / "eval" / "2" / "scores.csv").read_text().splitlines()[1:]]
+  labels = np.array([int(r[2]) for r in rows])
+  called = np.array([int(r[-1]) for r in rows])
+  assert table4["tpr"] == pytest.approx(np.mean(called[labels == 1]))
+  assert table4["tnr"] == pytest.approx(np.mean(1 - called[labels == 0]))
+  assert table4["accuracy"] == pytest.approx(np.mean(called == labels))
   assert "TNR" in (tmp_path / "eval" / "2" / "comparison.md").read_text()
