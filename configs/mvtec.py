@@ -35,7 +35,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.tfds_data_dir = ""  # Where TFDS keeps the prepared ArrayRecord ("" = TFDS default).
   data.texture_root = os.environ.get("DRAEM_TEXTURE_ROOT", "~/data/dtd/images")  # Textures.
   data.max_textures = 0  # 0 = every texture; N = a fixed seeded subset of N (paper's Fig. 9).
-  data.image_size = 256  # Square side the images are resized to (multiple of 32 for the model).
+  # Side, or (height, width), the images are resized to (each a multiple of 32 for the model).
+  # FieldReference(object): `--config.data.image_size='(256,512)'` may replace the int.
+  data.image_size = ml_collections.FieldReference(256, field_type=object)
+  data.resize = "stretch"  # "stretch" (the paper), "fit_long_side" (pad), "fit_short_side" (crop).
+  data.resize_antialias = False  # Antialiased (area) shrinking; False = the paper's bilinear.
+  # Train on random crops of this side or (height, width) of the resized image (0 = whole image).
+  data.crop_size = ml_collections.FieldReference(0, field_type=object)
   data.train_list = ""  # Folder source: text file of training image paths ("" = root/train/good).
   data.validation_fraction = 0.0  # Share of train/good held out to choose thresholds (0 = the
   # paper: train on all of it; evaluation then reports the test-set F1-max threshold only).
@@ -106,8 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 8  # Test images per forward pass.
+  ev.batch_size = 8  # Test images per forward pass (rounded up to a multiple of the devices).
   ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
+  ev.mean_filter_fraction = 0.0  # If > 0: k = odd size nearest fraction x the map's short side.
+  # Score tiles of this side or (height, width) blended into one map (0 = the whole image).
+  ev.tile_size = ml_collections.FieldReference(0, field_type=object)
+  ev.tile_overlap = 0.25  # Fraction of a tile shared with its neighbour.
   # "paper": that max. "minus_median" (max minus the filtered map's median) or "p99" (99th
   # percentile of the map) are steadier under global lighting changes (README, robustness).
   ev.image_score = "paper"

@@ -31,6 +31,7 @@ from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
 from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
+from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -236,20 +237,22 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
     pixel_threshold = found.get("pixel_f1_threshold", 0.5)
   config = run.config
   size = config.data.image_size
-  batch_size = config.eval.batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
+  # eval.batch_size rounded up to fill every device; the last batch is padded with zeros.
+  batch_size = padding.padded_batch_size(config.eval.batch_size, run.mesh.devices.size)
   predict = evaluator.jit_predict_fn(
       evaluator.predict_fn_for(run.model, config.eval), run.mesh)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = _output_names(paths)
   records = []
-  for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
-    chunk = paths[start:start + batch_size]
+  for rows in tqdm(padding.batch_indices(len(paths), batch_size), desc="scoring",
+                   unit="batch"):
+    start = int(rows[0])
+    chunk = [paths[i] for i in rows[rows >= 0]]
     originals = [data_lib.load_image(p) for p in chunk]
-    batch = np.zeros((batch_size, size, size, 3), np.uint8)
-    for i, image in enumerate(originals):
-      batch[i] = images_lib.resize_bilinear(image, size)
+    resized = np.stack([images_lib.resize_bilinear(image, size) for image in originals])
+    # Pad rows past the last image are zeros; the loop below reads only the real rows.
+    batch = padding.take_rows(resized, np.where(rows >= 0, rows - start, -1))
     maps, scores = predict(run.variables,
                            parallel.global_batch({"image": batch}, run.mesh)["image"])
     maps, scores = np.asarray(maps), np.asarray(scores)

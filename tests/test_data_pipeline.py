@@ -235,8 +235,15 @@ def test_eval_process_shards_reassemble_the_global_batches(config):
   for w, p0, p1 in zip(whole, *parts):
     for key in w:
       np.testing.assert_array_equal(w[key], np.concatenate([p0[key], p1[key]]))
-  with pytest.raises(ConfigError, match="eval.batch_size=8"):
-    pipeline.make_eval_dataset(config, process_index=0, process_count=3)
+  # eval.batch_size=8 over 3 processes: global batches of 9 rows, 3 per process, the last
+  # padded; the processes' real rows together are every test image once, in order.
+  thirds = [list(pipeline.make_eval_dataset(config, process_index=p, process_count=3))
+            for p in range(3)]
+  assert [len(t) for t in thirds] == [10, 10, 10]
+  assert all(b["image"].shape[0] == 3 for t in thirds for b in t)
+  index = np.concatenate([np.concatenate([t[b]["index"] for t in thirds]) for b in range(10)])
+  np.testing.assert_array_equal(index[:83], np.arange(83))
+  assert (index[83:] == -1).all()
 
 
 def test_max_textures_fixed_nested_subset(config):
