@@ -121,7 +121,7 @@ class Sizes:
     self.batch = 8
     # The largest batch tried; tiny: 8, so that the CPU dry run compiles no extra programs.
     self.max_batch = max_batch or (8 if tiny else 256)
-    self.windows, self.steps_per_window = (3, 2) if tiny else (5, 10)
+    self.windows, self.steps_per_window = (3, 1) if tiny else (5, 10)
     self.sim_batches = (8, 64)
     self.sim_repeats = 3 if tiny else 10
     self.matmul_n = 256 if tiny else 8192
@@ -165,10 +165,17 @@ class Suite:
     self.args = args
     self.start = time.monotonic()
     self.deadline = self.start + args.budget_s
-    self.out = Path(args.out)
-    self.out.mkdir(parents=True, exist_ok=True)
     self.sizes = Sizes(args.tiny, args.max_batch, args.max_epochs)
     self.phases = {int(p) for p in args.phases.split(",") if p.strip()}
+    if 3 in self.phases:
+      # Bad overrides or data fail here, before any compute or file.
+      from draem_jax import config_lib  # pylint: disable=g-import-not-at-top
+      from draem_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+      config = self.bottle_config(1)
+      config_lib.validate_config(config)
+      data_lib.validate_data_config(config)
+    self.out = Path(args.out)
+    self.out.mkdir(parents=True, exist_ok=True)
     self.log_file = open(self.out / LOG_FILE, "a", encoding="utf-8")
     device = jax.devices()[0]
     self.device = device
@@ -422,7 +429,7 @@ class Suite:
     auto, other = self.layer_impl, self.other_impl
     plan = [("bfloat16", b, auto), ("float32", b, auto), ("bfloat16", b, other),
             ("bfloat16", "largest", auto), ("float32", "largest", auto)]
-    skipped = []
+    skipped, failed = [], []
     for dtype, batch, impl in plan:
       rule = None
       if batch == "largest":
@@ -443,12 +450,17 @@ class Suite:
         try:
           row = self.measure_step(dtype, batch, impl)
           break
-        except Exception as e:  # pylint: disable=broad-except
-          if not _is_out_of_memory(e) or batch <= b:
-            raise
-          smaller = max(b, batch * 3 // 4 // 8 * 8)
-          self.log(f"batch {batch} ran out of memory; trying {smaller}")
-          batch = smaller
+        except Exception as e:  # pylint: disable=broad-except  # One failure loses one row.
+          if _is_out_of_memory(e) and batch > b:
+            smaller = max(b, batch * 3 // 4 // 8 * 8)
+            self.log(f"batch {batch} ran out of memory; trying {smaller}")
+            batch = smaller
+            continue
+          self.log(traceback.format_exc())
+          failed.append(f"{dtype}/{batch}/{impl}: {type(e).__name__}: {e}"[:300])
+          break
+      if row is None:
+        continue
       if rule:
         row["largest_batch_rule"] = rule
       if impl == auto:
@@ -466,8 +478,9 @@ class Suite:
           "plain_over_custom_step_time": (ref["step_s"] / alt["step_s"] if auto == "plain"
                                           else alt["step_s"] / ref["step_s"]),
       })
-    self.status("train_step", "done" if not skipped else "partial",
-                f"skipped by the phase cap: {', '.join(skipped)}" if skipped else "", started)
+    reasons = ([f"skipped by the phase cap: {', '.join(skipped)}"] if skipped else []) + (
+        [f"failed: {'; '.join(failed)}"] if failed else [])
+    self.status("train_step", "partial" if reasons else "done", "; ".join(reasons), started)
 
   # --- phase 2 ----------------------------------------------------------------------------
 
@@ -529,9 +542,9 @@ class Suite:
       node = config
       *groups, name = field.split(".")
       for group in groups:
-        node = node[group]
-      if name not in node:
-        raise SystemExit(f"--set {item}: the config has no field {field}.")
+        node = node.get(group) if hasattr(node, "get") else None
+      if node is None or not hasattr(node, "get") or name not in node:
+        raise SystemExit(f"--set {item}: configs/mvtec.py has no field {field!r}.")
       node[name] = value
     return config
 
@@ -765,8 +778,14 @@ def _jaxlib_version() -> str:
 
 
 def main(argv=None) -> int:
+  from draem_jax.errors import ConfigError, DataError  # pylint: disable=g-import-not-at-top
   args = parse_args(argv)
-  return Suite(args).run()
+  try:
+    suite = Suite(args)
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return suite.run()
 
 
 if __name__ == "__main__":

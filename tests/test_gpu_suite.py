@@ -117,3 +117,15 @@ def test_short_budget_skips_the_bottle_run_and_says_why(mini_bottle, shared_data
   assert results["suite"]["elapsed_s"] < 30
   assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "results.json",
                                                         "suite.log"]
+
+
+def test_bad_overrides_and_data_stop_before_any_compute(mini_bottle, shared_data, tmp_path):
+  base = ["--tiny", "--out", str(tmp_path), "--texture_root",
+          str(shared_data / "dtd" / "images")]
+  with pytest.raises(SystemExit, match="no field 'data.no_such_field'"):
+    gpu_suite.Suite(gpu_suite.parse_args(base + ["--data_root", str(mini_bottle), "--set",
+                                                 "data.no_such_field=1"]))
+  assert gpu_suite.main(base + ["--data_root", str(tmp_path / "missing")]) == 2
+  assert gpu_suite.main(base + ["--data_root", str(mini_bottle), "--set",
+                                "model.dtype=float16"]) == 2
+  assert not list(tmp_path.iterdir())
