@@ -2,11 +2,12 @@
 
 On the device (`make_predict_fn`): R -> D -> softmax on the whole image (the networks are
 fully convolutional, so a model trained on crops scores any size), or tile by tile with
-eval.tile_size, the overlapping tiles blended into one map (`data.windows.tiled_map`); the pixel
-score is the probability of the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
-counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
-the alternatives of `image_score` (eval.image_score). On the host
-(`evaluate`): the metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
+eval.tile_size, the overlapping tiles blended into one map (`data.windows.tiled_map`); the
+pixel score is the probability of the anomalous class (`models.anomaly_map`: 1 - SSIM for the
+reconstructive network alone), the image score the maximum of the k x k mean-filtered map
+(zero padding counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`),
+or one of the alternatives of `image_score` (eval.image_score). On the host (`evaluate`): the
+metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
 `<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
 the HTML report of `draem_jax.evaluation.report`.
 """
@@ -127,7 +128,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
     images: (B, H, W, 3) uint8 0..255 (or float in [0, 1]).
 
   Returns of the returned function:
-    maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
+    maps (B, H, W) float32, the probability of "anomalous" per pixel (`models.anomaly_map`:
+    1 - SSIM for model.variant='recon_ae'); scores (B,) float32.
   """
   _check_score_kind(score_kind)  # Now, not when the function is first traced.
   tile_hw = images_lib.size_hw(tile_size, "eval.tile_size") if tile_size else None
@@ -139,8 +141,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
       x = images.astype(jnp.float32)
 
     def anomaly_map(x):
-      _, logits = model.apply(variables, x, train=False)
-      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+      rec, logits = model.apply(variables, x, train=False)
+      return models.anomaly_map(x, rec, logits)
 
     if tile_hw is None:
       maps = anomaly_map(x)
