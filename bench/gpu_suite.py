@@ -50,6 +50,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# JAX's GPU allocator takes 75% of the memory by default; the largest batch may use more.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
