@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from draem_jax.data import dagm as dagm_lib
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
 from draem_jax.data import mvtec_info
@@ -50,7 +51,7 @@ from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
 
-SOURCES = ("mvtec", "folder")
+SOURCES = ("mvtec", "folder", "dagm")
 # The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
 SIZE_MULTIPLE = 32
 
@@ -76,7 +77,8 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
   data = config.data
   if data.source not in SOURCES:
     raise ConfigError(f"data.source={data.source!r} must be one of {SOURCES}: 'mvtec' for "
-                      "MVTec AD, 'folder' for your own images (see configs/folder.py).")
+                      "MVTec AD, 'folder' for your own images (see configs/folder.py), 'dagm' "
+                      "for DAGM 2007 (configs/dagm.py).")
   image_hw = _model_hw(data.image_size, "data.image_size")
   resize = data.get("resize", "stretch")
   if resize not in images_lib.RESIZE_MODES:
@@ -110,11 +112,19 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
+  if data.source == "dagm" and (not str(data.root) or not str(data.category)):
+    raise ConfigError(f"data.root={str(data.root)!r} / data.category={str(data.category)!r}: "
+                      "DAGM 2007 needs the folder that holds the class folders and one class, "
+                      "e.g. --config configs/dagm.py:Class1 with DRAEM_DAGM_ROOT set.")
   fraction = data.get("validation_fraction", 0.0)
   if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
       or not 0.0 <= fraction < 1.0):
     raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 1): the share of "
                       "train/good held out to choose the thresholds (0 = train on all of it).")
+  if data.source == "dagm" and fraction == 0:
+    raise ConfigError("data.validation_fraction=0: DAGM's TPR, TNR and accuracy need a "
+                      "threshold chosen without the test set, on held-out defect-free Train "
+                      "images; set it > 0 (configs/dagm.py: 0.1).")
   min_images = data.get("validation_min_images", 1)
   if (isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer))
       or min_images < 1):
@@ -323,6 +333,8 @@ def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
     _mvtec().prepare(category, _root(config), _tfds_data_dir(config))
     return _mvtec().PreparedSplit(category, _tfds_data_dir(config), split)
   root = _root(config)
+  if config.data.source == "dagm":
+    return folder_lib.FolderSplit(dagm_lib.scan(root, category, split))
   if not root.is_dir():
     raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                     f"{folder_lib.LAYOUT}.")
@@ -333,8 +345,11 @@ def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
 
 
 def has_test_split(config: ml_collections.ConfigDict) -> bool:
-  """Whether there is a test split to evaluate on (always for MVTec AD; `<root>/test` else)."""
+  """Whether there is a test split to evaluate on (always for MVTec AD; `<root>/test` for a
+  folder, `<root>/<class>/Test` for DAGM)."""
   _check_config(config)
+  if config.data.source == "dagm":
+    return (_root(config) / str(config.data.category) / dagm_lib.SPLITS["test"]).is_dir()
   return config.data.source == "mvtec" or (_root(config) / "test").is_dir()
 
 
@@ -401,6 +416,10 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   for category in categories:
     if data.source == "mvtec":
       names = _mvtec_train_names(config, category, check_test=True)
+    elif data.source == "dagm":
+      names = [s.file_name for s in dagm_lib.scan(_root(config), category, "train")]
+      if require_test:
+        dagm_lib.scan(_root(config), category, "test")
     else:
       root = _root(config)
       if not root.is_dir():

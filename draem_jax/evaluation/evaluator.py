@@ -332,6 +332,12 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                                        pred["maps"], thresholds)
     normalized = metrics_lib.normalize_scores(pred["scores"], thresholds["image_threshold"],
                                               thresholds["image_min"], thresholds["image_max"])
+    if config.data.source == "dagm":  # The paper's Table 4, at the validation threshold.
+      result["dagm"] = {"image_auroc": result["image_auroc"],
+                        **metrics_lib.classification_metrics(eval_ds.labels, pred["scores"],
+                                                             thresholds["image_threshold"]),
+                        "threshold_source": "held-out defect-free Train images "
+                                            f"(eval.threshold_method={thresholds.get('method')})"}
   if out_dir is None or jax.process_index() != 0:
     return result
   out_dir = Path(out_dir)
@@ -344,6 +350,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
   fileio.atomic_write_text(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"],
                                                               image_threshold, normalized))
   table = metrics_lib.comparison_table(str(config.data.category), result)
+  if "dagm" in result:
+    table = metrics_lib.dagm_table(str(config.data.category), result)
   fileio.atomic_write_text(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, "
                            f"protocol {ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:
