@@ -6,7 +6,6 @@
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,9 +26,9 @@ from draem_jax.evaluation import metrics as metrics_lib
 from draem_jax import models
 from draem_jax.training import parallel
 from draem_jax.evaluation import report
+from draem_jax import scoring
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
-from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
@@ -180,40 +179,91 @@ def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:
           if saved.get(k) is not None}
 
 
-def _output_names(paths: Sequence[Path]) -> list[str]:
-  """Unique PNG names: the file stem, with a counter where two inputs share a stem."""
-  names, seen = [], {}
-  for p in paths:
-    count = seen.get(p.stem, 0)
-    seen[p.stem] = count + 1
-    names.append(f"{p.stem}.png" if count == 0 else f"{p.stem}_{count}.png")
-  return names
+def decision_thresholds(run: LoadedRun, workdir: str | os.PathLike) -> dict[str, Any]:
+  """The decision thresholds of checkpoint `run.step`: one rule for predict.py and export.py.
+
+  1. The validation split's: the checkpoint's thresholds.json, chosen now (and written) if the
+     run holds out a validation split and it is missing (an intermediate checkpoint, a run
+     stopped before its final evaluation).
+  2. Else the test-split F1-max thresholds that the run's own evaluation wrote to
+     `eval/<step>/metrics.json`.
+  3. Else none: the image threshold is None (pass one by hand).
+
+  Returns:
+    {'image_threshold': float or None, 'pixel_threshold': float (0.5 when none was found),
+     'threshold_source': str, 'validated': the thresholds.json content or None}.
+  """
+  workdir = Path(workdir).expanduser()
+  validated = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
+                                        workdir / EVAL_DIR / str(run.step), step=run.step)
+  if validated is not None:
+    return {"image_threshold": float(validated["image_threshold"]),
+            "pixel_threshold": float(validated["pixel_threshold"]),
+            "threshold_source": f"validation split of train/good ({validated.get('method')}, "
+                                "thresholds.json)",
+            "validated": validated}
+  found = eval_thresholds(workdir, run.step)
+  return {"image_threshold": found.get("f1_threshold"),
+          "pixel_threshold": found.get("pixel_f1_threshold", 0.5),
+          "threshold_source": ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
+                               else "none: run evaluate.py or choose a threshold"),
+          "validated": None}
+
+
+def describe_thresholds(decided: dict[str, Any], workdir: Path, step: int) -> str:
+  """What the decision threshold is and what is known of it, for predict.py's console: the
+  real defects of the test split first (if the run's evaluation measured them at this
+  threshold), then the validation split's figures, labelled as synthetic."""
+  if decided["image_threshold"] is None:
+    return "No decision threshold was found for this checkpoint."
+  lines = [f"Image threshold {decided['image_threshold']:.4g}: {decided['threshold_source']}."]
+  validated = decided["validated"]
+  if validated is None:
+    return lines[0]
+  path = workdir / EVAL_DIR / str(step) / evaluator.METRICS_FILE
+  real = json.loads(path.read_text()).get("validation_threshold") if path.is_file() else None
+  if real:
+    lines.append(f"  On the test split's real defects at this threshold: recall "
+                 f"{_percent(real.get('image_recall'))}, false-positive rate "
+                 f"{_percent(real.get('image_fpr'))} ({path}).")
+  val = validated.get("validation") or {}
+  at = val.get("synthetic_image", val.get("image")) or {}
+  auroc = val.get("synthetic_image_auroc", val.get("image_auroc"))
+  lines.append(f"  On the validation split's synthetic anomalies: image AUROC {_percent(auroc)}, "
+               f"recall {_percent(at.get('recall'))}. " + validation.SYNTHETIC_NOTE)
+  return "\n".join(lines)
+
+
+def _percent(value) -> str:
+  return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
                    step: int | None = None, threshold: float | None = None,
                    write_overlays: bool = True,
-                   sensitivity: float | None = None) -> list[dict[str, Any]]:
+                   sensitivity: float | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Scores images of any size (RGB or grayscale) with a trained run.
 
   Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
-  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
-  is >= the threshold: `threshold`; else the validation split's (thresholds.json of the
-  checkpoint, chosen now if the run holds out a validation split and it is missing), moved by
-  `sensitivity` (default: the one it was chosen with); else the test-set F1-max threshold
-  found by evaluate.py. With validation statistics each record also has `normalized_score`
-  (the threshold at 0.5, `metrics.normalize_scores`).
+  resolution), `scores.csv` (as batches are scored) and `scores.json`; files that cannot be
+  read are skipped and listed in `errors.csv` (`draem_jax.scoring`). An image is called
+  anomalous when its raw score is >= the threshold: `threshold`; else that of
+  `decision_thresholds` (as export.py), the validation split's moved by `sensitivity`
+  (default: the one it was chosen with). With validation statistics each record also has
+  `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
 
   Returns:
-    One record per image: file, score (raw), normalized_score (None without validation
-    statistics), threshold (raw), anomalous.
+    (records, errors): one record per readable image: file, score (raw), normalized_score
+    (None without validation statistics), threshold (raw), anomalous; one {'file', 'error'}
+    per file that could not be read.
   """
   workdir = Path(workdir).expanduser()
+  out_dir = scoring.check_out_dir(out_dir)
   paths = find_images(images)
   run = load_run(workdir, step)
-  chosen = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
-                                     workdir / EVAL_DIR / str(run.step), step=run.step)
-  found = eval_thresholds(workdir, run.step)
+  decided = decision_thresholds(run, workdir)
+  chosen = decided["validated"]
   if chosen is not None:
     if sensitivity is not None:
       chosen = validation.with_sensitivity(chosen, sensitivity)
@@ -226,48 +276,35 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
       raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
                         "has none (data.validation_fraction=0); pass --threshold instead.")
     if threshold is None:
-      if "f1_threshold" not in found:
+      if decided["image_threshold"] is None:
         raise ConfigError(
             f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
             f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
             "F1-max threshold on the test split), or pass --threshold, or train with "
             "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
-      threshold = found["f1_threshold"]
-    pixel_threshold = found.get("pixel_f1_threshold", 0.5)
+      threshold = decided["image_threshold"]
+    pixel_threshold = decided["pixel_threshold"]
+  if jax.process_index() == 0:
+    print(describe_thresholds(decided, workdir, run.step)
+          if threshold == decided["image_threshold"]
+          else f"Image threshold {threshold:.4g} (--threshold or --sensitivity).")
   config = run.config
-  size = config.data.image_size
   batch_size = config.eval.batch_size
   parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
   predict = evaluator.jit_predict_fn(
       evaluator.predict_fn_for(run.model, config.eval), run.mesh)
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  names = _output_names(paths)
-  records = []
-  for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
-    chunk = paths[start:start + batch_size]
-    originals = [data_lib.load_image(p) for p in chunk]
-    batch = np.zeros((batch_size, size, size, 3), np.uint8)
-    for i, image in enumerate(originals):
-      batch[i] = images_lib.resize_bilinear(image, size)
-    maps, scores = predict(run.variables,
-                           parallel.global_batch({"image": batch}, run.mesh)["image"])
-    maps, scores = np.asarray(maps), np.asarray(scores)
-    for i, (path, image) in enumerate(zip(chunk, originals)):
-      score = float(scores[i])
-      anomalous = bool(scores[i] >= threshold)
-      normalized = (None if chosen is None else
-                    float(validation.normalize(chosen, np.float64(scores[i]))))
-      records.append({"file": str(path), "score": score, "normalized_score": normalized,
-                      "threshold": float(threshold), "anomalous": anomalous})
-      if write_overlays:
-        full_map = images_lib.resize_bilinear(maps[i].astype(np.float32), image.shape[:2])
-        picture = visualize.panel(
-            image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
-            title=f"{path.name}  score {score:.3f}  "
-                  f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
-        visualize.save_png(out_dir / names[start + i], picture)
-  fileio.write_scores(out_dir, records)
+
+  def predict_batch(batch):
+    return predict(run.variables, parallel.global_batch({"image": batch}, run.mesh)["image"])
+
+  def normalize(score):
+    return None if chosen is None else float(validation.normalize(chosen, np.float64(score)))
+
+  records, errors = scoring.score_files(
+      paths, predict_batch, out_dir, size=config.data.image_size, batch_size=batch_size,
+      pad=True, threshold=float(threshold), pixel_threshold=pixel_threshold,
+      normalize=normalize, write_overlays=write_overlays,
+      progress=lambda starts: tqdm(starts, desc="scoring", unit="batch"))
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
                sum(r["anomalous"] for r in records), threshold, out_dir)
-  return records
+  return records, errors

@@ -1,11 +1,15 @@
 """Scores images with an exported ONNX model; needs only numpy, Pillow and onnxruntime.
 
   python -m draem_jax.deployment.runner --model model.onnx --images 'parts/*.png' --out predictions/
+      [--threshold T] [--batch_size B] [--no_overlays]
 
 Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
-the training images were, and writes what predict.py writes: `scores.csv`, `scores.json` and
-one overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
-resolution). Imports no JAX module (tests check `sys.modules`).
+the training images were, scores them B at a time (a model exported with a fixed batch
+--batch N takes batches of N, the last one padded) and writes what predict.py writes
+(`draem_jax.scoring`): `scores.csv` (growing as batches are scored), `scores.json` and one
+overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
+resolution). Files that cannot be read are listed in `errors.csv` and the others scored; the
+exit status is then 1. Imports no JAX module (tests check `sys.modules`).
 """
 
 import argparse
@@ -15,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from draem_jax import fileio
 from draem_jax import image_io
-from draem_jax.evaluation import visualize
+from draem_jax import scoring
 from draem_jax.errors import ConfigError, DataError
 
 
@@ -35,13 +38,17 @@ class Model:
       raise DataError(f"--model {path} does not exist; write it with export.py.")
     if not meta_path.is_file():
       raise DataError(f"{meta_path} (written by export.py beside the ONNX file) is missing.")
-    self.meta = json.loads(meta_path.read_text())
+    try:
+      self.meta = json.loads(meta_path.read_text())
+      self.size = int(self.meta["image_size"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+      raise DataError(f"{meta_path} is not the metadata export.py writes ({e!r}); export the "
+                      "model again with export.py, which writes it beside the ONNX file.") from e
     try:
       self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # pylint: disable=broad-except  # onnxruntime's own error types.
       raise DataError(f"--model {path} is not a readable ONNX model ({e}); export it again "
                       "with export.py.") from e
-    self.size = int(self.meta["image_size"])
     self.threshold = self.meta.get("image_threshold") if threshold is None else threshold
     if self.threshold is None:
       raise ConfigError(f"{meta_path} holds no image_threshold (evaluate.py was not run "
@@ -49,6 +56,9 @@ class Model:
     self.pixel_threshold = float(self.meta.get("pixel_threshold", 0.5))
     # Min-max statistics of the validation split (export of a run that has one), else None.
     self.normalization = self.meta.get("normalization") or None
+    # The batch size of a model exported with --batch N, else None (any batch size).
+    dim = self.session.get_inputs()[0].shape[0]
+    self.fixed_batch = dim if isinstance(dim, int) else None
 
   def normalized(self, score: float) -> float | None:
     """The score with the threshold at 0.5, as predict.py's `normalized_score` (None without
@@ -59,39 +69,36 @@ class Model:
     return float(np.clip((score - self.threshold) / span + 0.5, 0.0, 1.0))
 
   def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,)."""
+    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,), for any N."""
     if batch.ndim != 4 or batch.shape[1:] != (self.size, self.size, 3):
       raise DataError(f"images must be (N, {self.size}, {self.size}, 3) RGB, got "
                       f"{batch.shape}; resize with draem_jax.image_io.resize_bilinear.")
-    maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
-    return maps, scores
+    batch = batch.astype(np.float32)
+    if self.fixed_batch is None:
+      return tuple(self.session.run(None, {"image": batch}))
+    # A model exported with --batch N: batches of N, the last one padded with zero images
+    # whose outputs are dropped.
+    maps, scores = [], []
+    for start in range(0, len(batch), self.fixed_batch):
+      x = batch[start:start + self.fixed_batch]
+      n = len(x)
+      x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
+      m, s = self.session.run(None, {"image": x})
+      maps.append(m[:n])
+      scores.append(s[:n])
+    return np.concatenate(maps), np.concatenate(scores)
 
 
 def score_images(model: Model, paths: list[Path], out_dir: Path,
-                 write_overlays: bool = True) -> list[dict]:
-  """Scores `paths` one by one; writes overlays, scores.csv and scores.json like predict.py."""
-  records, seen = [], {}
-  for path in paths:
-    image = image_io.load_image(path)
-    x = image_io.resize_bilinear(image, model.size)[None].astype(np.float32) / 255.0
-    maps, scores = model(x)
-    score = float(scores[0])
-    anomalous = bool(score >= model.threshold)
-    records.append({"file": str(path), "score": score,
-                    "normalized_score": model.normalized(score),
-                    "threshold": float(model.threshold), "anomalous": anomalous})
-    if write_overlays:
-      count = seen.get(path.stem, 0)
-      seen[path.stem] = count + 1
-      name = f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png"
-      full_map = image_io.resize_bilinear(maps[0].astype(np.float32), image.shape[:2])
-      picture = visualize.panel(
-          image, np.clip(full_map, 0.0, 1.0), model.pixel_threshold,
-          title=f"{path.name}  score {score:.3f}  "
-                f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {model.threshold:.3f})")
-      visualize.save_png(out_dir / name, picture)
-  fileio.write_scores(out_dir, records)
-  return records
+                 write_overlays: bool = True, batch_size: int = 8
+                 ) -> tuple[list[dict], list[dict]]:
+  """Scores `paths` in batches (`scoring.score_files`): of `batch_size`, or of the model's fixed
+  batch, padded. Returns (records, errors) as predict.py."""
+  return scoring.score_files(
+      paths, lambda batch: model(batch.astype(np.float32) / 255.0), out_dir, size=model.size,
+      batch_size=model.fixed_batch or batch_size, pad=False,
+      threshold=model.threshold, pixel_threshold=model.pixel_threshold,
+      normalize=model.normalized, write_overlays=write_overlays)
 
 
 def main(argv=None) -> int:
@@ -101,17 +108,23 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--threshold", type=float, default=None)
   parser.add_argument("--no_overlays", action="store_true")
+  parser.add_argument("--batch_size", type=int, default=8,
+                      help="images per session call (a model exported with a fixed batch "
+                           "takes its own)")
   args = parser.parse_args(argv)
   try:
+    if args.batch_size < 1:
+      raise ConfigError(f"--batch_size={args.batch_size} must be at least 1.")
+    out_dir = scoring.check_out_dir(args.out)
+    paths = find_images(args.images)
     model = Model(args.model, args.threshold)
-    records = score_images(model, find_images(args.images), Path(args.out),
-                           not args.no_overlays)
+    records, errors = score_images(model, paths, out_dir, not args.no_overlays,
+                                   args.batch_size)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{len(records)} images scored, {sum(r['anomalous'] for r in records)} anomalous "
-        f"-> {args.out}")
-  return 0
+  print(scoring.summary(records, errors, out_dir))
+  return 1 if errors else 0
 
 
 if __name__ == "__main__":
