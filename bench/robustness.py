@@ -64,7 +64,7 @@ def main():
 
   run = inference.load_run(args.workdir, args.step)
   ev = run.config.eval
-  eval_ds = data_lib.make_eval_dataset(run.config)
+  eval_ds = data_lib.make_eval_dataset(run.config, num_devices=run.mesh.devices.size)
   predict = evaluator.jit_predict_fn(
       evaluator.make_predict_fn(run.model, ev.mean_filter_size), run.mesh)
   clean = evaluator.predict_split(predict, run.variables, eval_ds, run.mesh)
@@ -75,7 +75,7 @@ def main():
   sets = {"none": clean["maps"]}
   for name in perturb.PERTURBATIONS:
     sets[name] = predict_maps(predict, run.variables, perturb.perturb_batch(images, name),
-                              ev.batch_size, run.mesh)
+                              eval_ds.global_batch_size, run.mesh)
 
   scores = {name: image_scores(maps, ev.mean_filter_size) for name, maps in sets.items()}
   kinds = list(scores["none"])

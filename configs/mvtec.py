@@ -34,7 +34,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.category = category  # One of MVTEC_CATEGORIES, or "all" (each in its own sub-workdir).
   data.tfds_data_dir = ""  # Where TFDS keeps the prepared ArrayRecord ("" = TFDS default).
   data.texture_root = os.environ.get("DRAEM_TEXTURE_ROOT", "~/data/dtd/images")  # Textures.
-  data.image_size = 256  # Square side the images are resized to (multiple of 32 for the model).
+  data.max_textures = 0  # 0 = every texture; N = a fixed seeded subset of N (paper's Fig. 9).
+  # Side, or (height, width), the images are resized to (each a multiple of 32 for the model).
+  # FieldReference(object): `--config.data.image_size='(256,512)'` may replace the int.
+  data.image_size = ml_collections.FieldReference(256, field_type=object)
+  data.resize = "stretch"  # "stretch" (the paper), "fit_long_side" (pad), "fit_short_side" (crop).
+  data.resize_antialias = False  # Antialiased (area) shrinking; False = the paper's bilinear.
+  # Train on random crops of this side or (height, width) of the resized image (0 = whole image).
+  data.crop_size = ml_collections.FieldReference(0, field_type=object)
   data.train_list = ""  # Folder source: text file of training image paths ("" = root/train/good).
   data.validation_fraction = 0.0  # Share of train/good held out to choose thresholds (0 = the
   # paper: train on all of it; evaluation then reports the test-set F1-max threshold only).
@@ -64,12 +71,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sim.jitter_brightness = 0.0  # Brightness factor ~ U(1 - r, 1 + r); 0 = off.
   sim.jitter_contrast = 0.0  # Contrast factor about the image mean ~ U(1 - r, 1 + r); 0 = off.
   sim.jitter_gamma = 0.0  # Gamma ~ U(1 - r, 1 + r); 0 = off.
+  # The paper's ablations (its Table 3; README "Ablations"); the defaults are the full method.
+  sim.mask_shape = "perlin"  # "perlin" or "rectangles" (DRAEM_rect: 1-4 random rectangles).
+  sim.texture_source = "textures"  # "textures" or "color" (DRAEM_color: one random colour).
+  sim.augment_textures = True  # Texture augmenters on (False with random_opacity: DRAEM_no.aug).
+  sim.random_opacity = True  # beta ~ U[0, beta_max); False = beta 0, opaque (DRAEM_img.aug).
 
   # --- model (DRAEM_SPEC section 1) ---------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
   model.recon_width = 128  # Base width of the reconstructive sub-network.
   model.disc_width = 64  # Base width of the discriminative sub-network.
   model.dtype = "float32"  # Activation dtype: "float32" or "bfloat16" (params stay float32).
+  # BatchNorm, max-pool and upsampling: "custom" (hand-written gradients, fast on XLA:CPU),
+  # "plain" (Flax/jax.numpy, autodiff) or "auto" (custom on CPU, plain elsewhere). Same
+  # parameters and numbers; may change between restarts of a run.
+  model.layer_impl = "auto"
 
   # --- optimisation (DRAEM_SPEC section 3) --------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()
@@ -96,8 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- evaluation (DRAEM_SPEC section 5) ----------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 8  # Test images per forward pass.
+  ev.batch_size = 8  # Test images per forward pass (rounded up to a multiple of the devices).
   ev.mean_filter_size = 21  # Image score = max of the k x k mean-filtered anomaly map.
+  ev.mean_filter_fraction = 0.0  # If > 0: k = odd size nearest fraction x the map's short side.
+  # Score tiles of this side or (height, width) blended into one map (0 = the whole image).
+  ev.tile_size = ml_collections.FieldReference(0, field_type=object)
+  ev.tile_overlap = 0.25  # Fraction of a tile shared with its neighbour.
   # "paper": that max. "minus_median" (max minus the filtered map's median) or "p99" (99th
   # percentile of the map) are steadier under global lighting changes (README, robustness).
   ev.image_score = "paper"

@@ -14,7 +14,9 @@ from pathlib import Path
 import ml_collections
 
 from draem_jax import fileio
+from draem_jax import image_io
 from draem_jax.data import folder as folder_lib
+from draem_jax.models.layers import LAYER_IMPLS
 from draem_jax.simulation import simulator
 from draem_jax.errors import ConfigError
 
@@ -52,6 +54,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be one of {DTYPES}.")
   for field in ("model.recon_width", "model.disc_width"):
     _positive_int(config, field)
+  _require(config.model.get("layer_impl", "auto") in LAYER_IMPLS, "model.layer_impl",
+           config.model.get("layer_impl"), f"must be one of {LAYER_IMPLS}.")
   # Optimisation.
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", optim.learning_rate,
@@ -84,6 +88,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(ev.mean_filter_size, int) and ev.mean_filter_size > 0
            and ev.mean_filter_size % 2 == 1, "eval.mean_filter_size", ev.mean_filter_size,
            "must be a positive odd integer (21 in the paper).")
+  fraction = ev.get("mean_filter_fraction", 0.0)
+  _require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+           and 0 <= fraction < 1, "eval.mean_filter_fraction", fraction,
+           "must be in [0, 1): 0 = eval.mean_filter_size, else that share of the short side "
+           "(21/256 in the paper).")
+  tile = ev.get("tile_size", 0)
+  if tile != 0:
+    try:
+      tile_hw = image_io.size_hw(tile, "eval.tile_size")
+      image_hw = image_io.size_hw(config.data.image_size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _require(min(tile_hw) > 0 and tile_hw[0] % 32 == 0 and tile_hw[1] % 32 == 0
+             and tile_hw[0] <= image_hw[0] and tile_hw[1] <= image_hw[1], "eval.tile_size",
+             tile, f"must be 0 (whole image) or a multiple of 32 no larger than "
+             f"data.image_size={config.data.image_size!r}.")
+  overlap = ev.get("tile_overlap", 0.25)
+  _require(isinstance(overlap, (int, float)) and 0 <= overlap < 1, "eval.tile_overlap",
+           overlap, "must be in [0, 1).")
   _require(0 < ev.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", ev.aupro_fpr_limit,
            "must be in (0, 1].")
   method = ev.get("threshold_method", "f1")
@@ -128,6 +151,7 @@ _FREE_GROUPS = ("eval", "checkpoint")
 _FREE_FIELDS = frozenset({
     "data.num_workers", "data.prefetch_buffer_size", "data.cache_decoded", "data.tfds_data_dir",
     "simulator.batching",  # "map" and "vmap" compute the same draws; "auto" picks per backend.
+    "model.layer_impl",  # Same parameters and numbers (up to rounding) with either layer set.
     "train.log_every_steps", "train.eval_every_steps",
 })
 _FREE_PREFIXES = ("train.distributed", "train.coordinator", "train.num_processes",
@@ -146,6 +170,8 @@ def _absent_defaults() -> dict[str, object]:
       "data.mask_pattern": folder_lib.DEFAULT_MASK_PATTERN, "data.mask_root": "", "data.cache_decoded": True,
       "eval.image_score": "paper", "eval.threshold_method": "f1", "eval.target_fpr": 0.01,
       "eval.sensitivity": 0.5, "eval.aupro_full_resolution": False,
+      "data.resize": "stretch", "data.resize_antialias": False, "data.crop_size": 0,
+      "eval.mean_filter_fraction": 0.0, "eval.tile_size": 0, "eval.tile_overlap": 0.25,
   })
   return out
 

@@ -30,6 +30,7 @@ from draem_jax import scoring
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
 from draem_jax.data import images as images_lib
+from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -289,8 +290,8 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
           if threshold == decided["image_threshold"]
           else f"Image threshold {threshold:.4g} (--threshold or --sensitivity).")
   config = run.config
-  batch_size = config.eval.batch_size
-  parallel.check_batch_size(batch_size, run.mesh, "eval.batch_size")
+  # eval.batch_size rounded up to fill every device; the last batch is padded with zeros.
+  batch_size = padding.padded_batch_size(config.eval.batch_size, run.mesh.devices.size)
   predict = evaluator.jit_predict_fn(
       evaluator.predict_fn_for(run.model, config.eval), run.mesh)
 

@@ -23,7 +23,7 @@ from draem_jax.evaluation import visualize
 ERRORS_FILE = "errors.csv"
 ERROR_COLUMNS = ("file", "error")
 
-# A batch of uint8 (B, S, S, 3) RGB images -> (maps (B, S, S), scores (B,)).
+# A batch of uint8 (B, H, W, 3) RGB images -> (maps (B, H, W), scores (B,)).
 BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -93,7 +93,7 @@ def _read(path: Path, log: ScoreLog) -> np.ndarray | None:
 
 
 def score_files(paths: Sequence[Path], predict: BatchFn, out_dir: str | os.PathLike, *,
-                size: int, batch_size: int, pad: bool, threshold: float,
+                size: int | tuple[int, int], batch_size: int, pad: bool, threshold: float,
                 pixel_threshold: float, normalize: Callable[[float], float | None],
                 write_overlays: bool = True, progress: Callable | None = None
                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -101,9 +101,9 @@ def score_files(paths: Sequence[Path], predict: BatchFn, out_dir: str | os.PathL
 
   Args:
     paths: the image files.
-    predict: the model on a uint8 (B, size, size, 3) batch (`BatchFn`).
+    predict: the model on a uint8 (B, H, W, 3) batch (`BatchFn`).
     out_dir: the output folder (created).
-    size: the model's input side.
+    size: the model's input side, or (H, W).
     batch_size: images per call of `predict`.
     pad: fill every batch up to `batch_size` (zero images, outputs dropped): models with a
       fixed batch dimension.
@@ -129,7 +129,8 @@ def score_files(paths: Sequence[Path], predict: BatchFn, out_dir: str | os.PathL
       chunk = [c for c in chunk if c[2] is not None]
       if not chunk:
         continue
-      batch = np.zeros((batch_size if pad else len(chunk), size, size, 3), np.uint8)
+      batch = np.zeros((batch_size if pad else len(chunk), *image_io.size_hw(size), 3),
+                       np.uint8)
       for row, (_, _, image) in enumerate(chunk):
         batch[row] = image_io.resize_bilinear(image, size)
       maps, scores = (np.asarray(a) for a in predict(batch))

@@ -224,3 +224,28 @@ def test_grayscale_folder_images_are_rgb(tmp_path):
   pipeline.validate_data_config(config, require_test=False)
   with pytest.raises(DataError, match=r"test does not exist"):
     pipeline.make_eval_dataset(config)
+
+
+@pytest.mark.parametrize("problem", ["missing_mask", "mask_size", "mask_pattern"])
+def test_item2_bad_test_data_stops_training_before_any_compute(tmp_path, problem):
+  """configs/folder.py evaluates only at the end (train.eval_every_steps=0); its test split is
+  still checked before the first step, not after training."""
+  from draem_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  root = make_layout(tmp_path / "data")
+  config = _config(root, _textures(tmp_path / "tex"))
+  assert config.train.eval_every_steps == 0
+  config.model.recon_width = config.model.disc_width = 4
+  config.train.num_steps, config.train.batch_size = 2, 4
+  expected = {"missing_mask": r"scratch/002.png has no mask",
+              "mask_size": r"001_mask.png is 30x24 but its image",
+              "mask_pattern": r"000_mask.png does not match data.mask_pattern='\{stem\}-gt.png'"}[problem]
+  if problem == "missing_mask":
+    _png(root / "test" / "scratch" / "002.png")
+  elif problem == "mask_size":
+    _mask(root / "ground_truth" / "scratch" / "001_mask.png", hw=(24, 30))
+  else:
+    config.data.mask_pattern = "{stem}-gt.png"
+  workdir = tmp_path / "run"
+  with pytest.raises(DataError, match=expected):
+    trainer.train_and_evaluate(config, workdir)
+  assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()

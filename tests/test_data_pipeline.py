@@ -235,5 +235,28 @@ def test_eval_process_shards_reassemble_the_global_batches(config):
   for w, p0, p1 in zip(whole, *parts):
     for key in w:
       np.testing.assert_array_equal(w[key], np.concatenate([p0[key], p1[key]]))
-  with pytest.raises(ConfigError, match="eval.batch_size=8"):
-    pipeline.make_eval_dataset(config, process_index=0, process_count=3)
+  # eval.batch_size=8 over 3 processes: global batches of 9 rows, 3 per process, the last
+  # padded; the processes' real rows together are every test image once, in order.
+  thirds = [list(pipeline.make_eval_dataset(config, process_index=p, process_count=3))
+            for p in range(3)]
+  assert [len(t) for t in thirds] == [10, 10, 10]
+  assert all(b["image"].shape[0] == 3 for t in thirds for b in t)
+  index = np.concatenate([np.concatenate([t[b]["index"] for t in thirds]) for b in range(10)])
+  np.testing.assert_array_equal(index[:83], np.arange(83))
+  assert (index[83:] == -1).all()
+
+
+def test_max_textures_fixed_nested_subset(config):
+  from draem_jax.data import textures as textures_lib
+  everything = textures_lib.list_textures(config.data.texture_root)
+  assert pipeline.texture_paths(config) == everything  # 0 = all.
+  subsets = [pipeline.texture_paths(_copy(config, data__max_textures=n)) for n in (1, 3, 10)]
+  assert [len(s) for s in subsets] == [1, 3, 10]
+  assert set(subsets[0]) <= set(subsets[1]) <= set(subsets[2]) <= set(everything)
+  assert subsets[2] == sorted(subsets[2])
+  assert subsets[1] == pipeline.texture_paths(_copy(config, data__max_textures=3))
+  assert pipeline.texture_paths(_copy(config, data__max_textures=10**6)) == everything
+  _, table = pipeline._train_sources(_copy(config, data__max_textures=3), cache=False)
+  assert len(table) == 3
+  with pytest.raises(ConfigError, match="data.max_textures"):
+    pipeline.validate_data_config(_copy(config, data__max_textures=-1))

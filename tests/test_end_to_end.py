@@ -179,3 +179,23 @@ def test_resume_refuses_a_changed_run_unless_allowed(trained_workdir, tmp_path):
   assert history[0]["changed"]["train.num_steps"] == [4, 6]
   assert json.loads(saved) == history[0]["config"]
   assert config_lib.load_config(workdir).train.num_steps == 6
+
+
+def test_item3_allowed_config_change_of_the_networks_shapes_is_refused_untouched(
+    trained_workdir, tmp_path):
+  """--allow_config_change with another model.recon_width: refused before anything is written
+  (config.json keeps describing the model the checkpoints hold)."""
+  source, _ = trained_workdir
+  workdir = tmp_path / "run"
+  shutil.copytree(source, workdir)
+  before = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  config = config_lib.load_config(workdir)
+  config.model.recon_width = 8
+  config.train.num_steps = 6
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  message = str(refused.value)
+  assert "holds networks of other shapes" in message and "model.recon_width: 4 -> 8" in message
+  assert "new --workdir" in message
+  after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before  # config.json, history, checkpoints, results: all as they were.

@@ -1,5 +1,6 @@
 """Architecture facts of DRAEM_SPEC section 1: parameter counts, shapes, upsampling, init."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,3 +184,101 @@ def test_xla_cpu_compiler_options_and_fallback(monkeypatch):
     assert models.xla_compiler_options(jax.devices()) is None
   finally:
     models._cpu_options_supported.cache_clear()  # pylint: disable=protected-access
+
+
+class _EveryLayer(nn.Module):
+  """Block (conv/BatchNorm/ReLU) -> max-pool -> upsampling + ConvBNReLU -> conv: the three
+  layers of `model.layer_impl` with trainable neighbours, as the networks chain them."""
+
+  impl: str
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = models.Block(6, dtype=self.dtype, impl=self.impl)(x, train)
+    x = models.max_pool(x, self.impl)
+    x = models.UpConvBNReLU(5, dtype=self.dtype, impl=self.impl)(x, train)
+    return nn.Conv(2, (3, 3), dtype=self.dtype)(x)
+
+
+def _impl_outputs_and_grads(impl, variables, x):
+  module = _EveryLayer(impl, x.dtype)
+
+  def loss(params, x):
+    y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              train=True, mutable=["batch_stats"])
+    # Uneven weights so that every output position matters differently.
+    return jnp.sum(jnp.linspace(0.5, 1.5, y.size).reshape(y.shape) * y), (
+        y, updates["batch_stats"])
+
+  (value, aux), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+      variables["params"], x)
+  return value, aux, grads
+
+
+def test_plain_layers_equal_custom_layers():
+  # float64 activations (BatchNorm statistics follow) so that the two formulations agree to
+  # float64 rounding; float32 parameters, whose gradients are float32.
+  with jax.enable_x64(True):
+    x = jax.random.uniform(jax.random.key(1), (3, 12, 10, 3), jnp.float64)
+    variables = _EveryLayer("custom", jnp.float64).init(jax.random.key(0), x, train=False)
+    variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), variables)
+    custom, plain = [_impl_outputs_and_grads(impl, variables, x) for impl in ("custom", "plain")]
+  assert (jax.tree_util.tree_structure(custom) == jax.tree_util.tree_structure(plain))
+  # The float32 parameter gradients are compared on the scale of the largest one: the conv
+  # biases before a BatchNorm have a true gradient of zero and carry rounding noise alone.
+  param_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(custom[2][0]))
+  for a, b in zip(jax.tree_util.tree_leaves(custom), jax.tree_util.tree_leaves(plain)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    if a.dtype == jnp.float64:
+      np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(a))))
+    else:
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * param_scale)
+
+
+def test_plain_upsample_and_pool_match_custom_on_odd_shapes():
+  x = jax.random.normal(jax.random.key(2), (2, 5, 7, 3))
+  np.testing.assert_allclose(models.upsample2x_align_corners_plain(x),
+                             models.upsample2x_align_corners(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(models.max_pool(x, "plain"), models.max_pool(x, "custom"))
+  g = [jax.grad(lambda v: jnp.sum(jnp.sin(models.max_pool(v, impl))))(x)
+       for impl in ("custom", "plain")]
+  np.testing.assert_array_equal(g[0], g[1])
+
+
+def test_layer_impl_config_resolution_and_defaults():
+  import ml_collections
+  from configs import mvtec
+  from draem_jax.errors import ConfigError
+  config = mvtec.get_config()
+  assert config.model.layer_impl == "auto"
+  assert models.resolve_layer_impl("auto", "cpu") == "custom"
+  assert models.resolve_layer_impl("auto", "gpu") == "plain"
+  assert models.resolve_layer_impl("plain", "cpu") == "plain"
+  # The default on this (CPU) machine is today's model, module for module.
+  assert models.create_model(config.model) == models.DRAEM(128, 64, jnp.float32, "custom")
+  # A config saved before the field existed builds the same model.
+  old = ml_collections.ConfigDict({"recon_width": 8, "disc_width": 4, "dtype": "float32"})
+  assert models.create_model(old, platform="cpu").layer_impl == "custom"
+  assert models.create_model(old, platform="gpu").layer_impl == "plain"
+  with pytest.raises(ConfigError, match="model.layer_impl"):
+    models.resolve_layer_impl("fast")
+  # Parameter shapes do not depend on it.
+  shapes = [jax.tree_util.tree_map(lambda a: a.shape, _abstract_variables(
+      models.DRAEM(8, 4, layer_impl=impl), (1, 32, 32, 3))) for impl in ("custom", "plain")]
+  assert shapes[0] == shapes[1]
+
+
+def test_layer_impl_is_validated_and_free_on_resume():
+  from configs import mvtec
+  from draem_jax import config_lib
+  from draem_jax.errors import ConfigError
+  saved, config = mvtec.get_config(), mvtec.get_config()
+  config.model.layer_impl = "plain"
+  config_lib.validate_config(config)
+  assert config_lib.check_resumable(saved, config, "w") == {}
+  del saved.model["layer_impl"]  # A run saved before the field existed.
+  assert config_lib.check_resumable(saved, config, "w") == {}
+  config.model.layer_impl = "fast"
+  with pytest.raises(ConfigError, match="model.layer_impl"):
+    config_lib.validate_config(config)

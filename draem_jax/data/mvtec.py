@@ -39,21 +39,8 @@ from PIL import Image
 
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
+from draem_jax.data.mvtec_info import CATEGORIES, EXPECTED_COUNTS
 from draem_jax.errors import DataError
-
-# The 15 categories (must equal configs/mvtec.py MVTEC_CATEGORIES; a test checks it).
-CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)
-
-# (train, test) image counts of the official release: 3,629 training and 1,725 test images.
-EXPECTED_COUNTS = {
-    "bottle": (209, 83), "cable": (224, 150), "capsule": (219, 132), "carpet": (280, 117),
-    "grid": (264, 78), "hazelnut": (391, 110), "leather": (245, 124), "metal_nut": (220, 115),
-    "pill": (267, 167), "screw": (320, 160), "tile": (230, 117), "toothbrush": (60, 42),
-    "transistor": (213, 100), "wood": (247, 79), "zipper": (240, 151),
-}
 
 HOMEPAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 

@@ -22,7 +22,8 @@ each hold a copy of the cache); data.num_workers then only matters when the cach
 bench/input_pipeline.py measures both.
 
 Evaluation (`make_eval_dataset`): every test sample exactly once, sorted by (defect type, file
-name), the last batch padded and flagged by `valid`; masks resized like the reference protocol
+name), in global batches of eval.batch_size rounded up to a multiple of the device count, the
+last batch padded and flagged by `valid` (`draem_jax.data.padding`); masks resized like the reference protocol
 (bilinear, no antialiasing, float 0..1; the evaluator thresholds them, DRAEM_SPEC 5).
 """
 
@@ -43,7 +44,8 @@ from absl import logging
 
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
-from draem_jax.data import mvtec as mvtec_lib
+from draem_jax.data import mvtec_info
+from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
 
@@ -51,26 +53,45 @@ SOURCES = ("mvtec", "folder")
 # The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
 SIZE_MULTIPLE = 32
 
+
+
+def _mvtec():
+  """The MVTec AD TFDS builder module, imported on first use: folder data sets run without
+  tensorflow-datasets installed."""
+  from draem_jax.data import mvtec  # pylint: disable=g-import-not-at-top
+  return mvtec
+
 # ------------------------------------------------------------------------------------------
 # Config checks and split readers.
 
 
 def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
-                  batch_fields: tuple[str, ...] = ("train", "eval")) -> None:
+                  batch_fields: tuple[str, ...] = ("train",)) -> None:
   """Config-only checks (no file system access); raises ConfigError naming the field.
 
-  `batch_fields` names the groups whose batch_size must split over `process_count`.
+  `batch_fields` names the groups whose batch_size must split over `process_count` (train;
+  evaluation batches are padded to fit, `padding.padded_batch_size`).
   """
   data = config.data
   if data.source not in SOURCES:
     raise ConfigError(f"data.source={data.source!r} must be one of {SOURCES}: 'mvtec' for "
                       "MVTec AD, 'folder' for your own images (see configs/folder.py).")
-  size = data.image_size
-  if (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0
-      or size % SIZE_MULTIPLE):
-    raise ConfigError(
-        f"data.image_size={size!r} is not supported: the discriminative U-Net pools 5 times, so "
-        f"the side must be a positive multiple of {SIZE_MULTIPLE} (e.g. 256).")
+  image_hw = _model_hw(data.image_size, "data.image_size")
+  resize = data.get("resize", "stretch")
+  if resize not in images_lib.RESIZE_MODES:
+    raise ConfigError(f"data.resize={resize!r} must be one of {images_lib.RESIZE_MODES}: "
+                      "stretch (to data.image_size, the reference), fit_long_side (keep the "
+                      "aspect ratio, pad) or fit_short_side (keep the aspect ratio, crop the "
+                      "centre).")
+  antialias = data.get("resize_antialias", False)
+  if not isinstance(antialias, (bool, np.bool_)):
+    raise ConfigError(f"data.resize_antialias={antialias!r} must be True or False.")
+  crop = data.get("crop_size", 0)
+  if crop != 0:
+    crop_hw = _model_hw(crop, "data.crop_size")
+    if crop_hw[0] > image_hw[0] or crop_hw[1] > image_hw[1]:
+      raise ConfigError(f"data.crop_size={crop!r} is larger than data.image_size="
+                        f"{data.image_size!r}: crops are cut from the resized image (0 = off).")
   if process_count < 1:
     raise ConfigError(f"process_count={process_count} must be >= 1.")
   for group in batch_fields:
@@ -82,9 +103,9 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
     raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0 (0 = main process).")
   if data.prefetch_buffer_size < 1:
     raise ConfigError(f"data.prefetch_buffer_size={data.prefetch_buffer_size} must be >= 1.")
-  if data.source == "mvtec" and data.category not in mvtec_lib.CATEGORIES + ("all",):
+  if data.source == "mvtec" and data.category not in mvtec_info.CATEGORIES + ("all",):
     raise ConfigError(f"data.category={data.category!r} is not an MVTec AD category; expected "
-                      f"one of {', '.join(mvtec_lib.CATEGORIES)} or 'all'.")
+                      f"one of {', '.join(mvtec_info.CATEGORIES)} or 'all'.")
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
@@ -104,6 +125,53 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
                       "data.source='folder' only: MVTec AD's masks are always "
                       f"ground_truth/<defect>/{folder_lib.DEFAULT_MASK_PATTERN}.")
   folder_lib.check_mask_pattern(pattern)
+  max_textures = data.get("max_textures", 0)
+  if (isinstance(max_textures, bool) or not isinstance(max_textures, (int, np.integer))
+      or max_textures < 0):
+    raise ConfigError(f"data.max_textures={max_textures!r} must be an integer >= 0 (0 = every "
+                      "texture under data.texture_root).")
+
+
+def texture_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """The anomaly-source textures of a run: data.texture_root's images, or the fixed subset of
+  data.max_textures of them (`textures.select_textures`)."""
+  return textures_lib.select_textures(textures_lib.list_textures(config.data.texture_root),
+                                      int(config.data.get("max_textures", 0)))
+
+
+def _model_hw(value, field: str) -> tuple[int, int]:
+  """(height, width) of a side or pair that the networks accept; ConfigError naming `field`."""
+  try:
+    hw = images_lib.size_hw(value, field)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if min(hw) <= 0 or hw[0] % SIZE_MULTIPLE or hw[1] % SIZE_MULTIPLE:
+    raise ConfigError(
+        f"{field}={value!r} is not supported: the discriminative U-Net pools 5 times, so "
+        f"each side must be a positive multiple of {SIZE_MULTIPLE} (e.g. 256 or (256, 512)).")
+  return hw
+
+
+def preprocess(config: ml_collections.ConfigDict) -> images_lib.Preprocess:
+  """The resize every image of the run goes through (data.image_size, resize,
+  resize_antialias): training, evaluation, validation, predict.py and the exported model."""
+  return images_lib.Preprocess.from_config(config.data)
+
+
+def image_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(height, width) of the resized images (data.image_size)."""
+  return images_lib.size_hw(config.data.image_size)
+
+
+def crop_hw(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(height, width) of the training crops (data.crop_size), None without crops (0)."""
+  crop = config.data.get("crop_size", 0)
+  return None if crop == 0 else images_lib.size_hw(crop, "data.crop_size")
+
+
+def train_input_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(height, width) the networks train on: the crop, else the whole resized image."""
+  return crop_hw(config) or image_hw(config)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -131,7 +199,7 @@ def _train_list(config: ml_collections.ConfigDict):
 def _root(config: ml_collections.ConfigDict) -> Path:
   """data.root; for MVTec AD an empty root means TFDS's default manual dir."""
   if config.data.source == "mvtec":
-    return mvtec_lib.resolve_root(config.data.root, _tfds_data_dir(config))
+    return _mvtec().resolve_root(config.data.root, _tfds_data_dir(config))
   return Path(os.path.expandvars(str(config.data.root))).expanduser()
 
 
@@ -244,8 +312,8 @@ def open_split(config: ml_collections.ConfigDict, split: str):
 def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
   """The whole "train" or "test" split as stored (no validation hold-out)."""
   if config.data.source == "mvtec":
-    mvtec_lib.prepare(category, _root(config), _tfds_data_dir(config))
-    return mvtec_lib.PreparedSplit(category, _tfds_data_dir(config), split)
+    _mvtec().prepare(category, _root(config), _tfds_data_dir(config))
+    return _mvtec().PreparedSplit(category, _tfds_data_dir(config), split)
   root = _root(config)
   if not root.is_dir():
     raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
@@ -264,10 +332,10 @@ def has_test_split(config: ml_collections.ConfigDict) -> bool:
 
 def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_test: bool) -> int:
   """Training images of a category: from the prepared data, else by scanning its folder."""
-  if mvtec_lib.is_prepared(category, _tfds_data_dir(config)):
-    mvtec = mvtec_lib.builder(category, _tfds_data_dir(config))
+  if _mvtec().is_prepared(category, _tfds_data_dir(config)):
+    mvtec = _mvtec().builder(category, _tfds_data_dir(config))
     return mvtec.info.splits["train"].num_examples
-  category_root = mvtec_lib.check_category_root(_root(config), category)
+  category_root = _mvtec().check_category_root(_root(config), category)
   if check_test:
     folder_lib.scan_test(category_root)
   return len(folder_lib.scan_train(category_root))
@@ -294,12 +362,13 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
   Args:
     config: the experiment config (data, train.batch_size, eval.batch_size are read).
     process_count: number of JAX processes that will share the training batch.
-    require_test: also check the test split (always present for MVTec AD; for a folder
-      data set, `<root>/test` must then exist).
+    require_test: `<root>/test` of a folder data set must exist (always present for MVTec
+      AD). Without, a test split that exists is still checked (masks, mask names, sizes): the
+      run evaluates on it after training, and a bad mask must not wait until then.
   """
   _check_config(config, process_count)
   data = config.data
-  categories = (mvtec_lib.CATEGORIES if data.source == "mvtec" and data.category == "all"
+  categories = (mvtec_info.CATEGORIES if data.source == "mvtec" and data.category == "all"
                 else (data.category,))
   for category in categories:
     if data.source == "mvtec":
@@ -310,54 +379,60 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
         raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                         f"{folder_lib.LAYOUT}.")
       num_train = len(folder_lib.scan_train(root, _train_list(config)))
-      if require_test:
+      if require_test or (root / "test").is_dir():
         folder_lib.scan_test(root, **_test_scan_args(config))
     num_train = len(holdout_indices(num_train, config, process_count)[0])
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")
-  textures_lib.list_textures(data.texture_root)
+  texture_paths(config)
 
 
 # ------------------------------------------------------------------------------------------
 # Decoding, and the decoded cache.
 
 
-def _decode_resized(data, name: str, size: int) -> np.ndarray:
-  return images_lib.resize_bilinear(images_lib.decode_image(data, name), size)
+def _decode_resized(data, name: str, pre: images_lib.Preprocess) -> np.ndarray:
+  return pre.image(images_lib.decode_image(data, name))
+
+
+def _as_preprocess(size) -> images_lib.Preprocess:
+  return size if isinstance(size, images_lib.Preprocess) else images_lib.Preprocess(size)
 
 
 class _TrainImages:
-  """Training image i as uint8 (size, size, 3), decoded on demand (picklable)."""
+  """Training image i as uint8 (H, W, 3) through `Preprocess` `pre`, decoded on demand
+  (picklable)."""
 
-  def __init__(self, reader, size: int):
-    self.reader, self.size = reader, size
+  def __init__(self, reader, pre: images_lib.Preprocess):
+    self.reader, self.pre = reader, _as_preprocess(pre)
 
   def __len__(self) -> int:
     return len(self.reader)
 
   def __getitem__(self, index: int) -> np.ndarray:
-    return _decode_resized(self.reader.read(index)[0], self.reader.name(index), self.size)
+    return _decode_resized(self.reader.read(index)[0], self.reader.name(index), self.pre)
 
 
 class _Textures:
-  """Texture i as uint8 (size, size, 3), decoded on demand (picklable)."""
+  """Texture i as uint8 (h, w, 3), stretched to the simulator's size (picklable)."""
 
-  def __init__(self, paths: list[str], size: int):
-    self.paths, self.size = paths, size
+  def __init__(self, paths: list[str], pre: images_lib.Preprocess):
+    self.paths, self.pre = paths, _as_preprocess(pre)
 
   def __len__(self) -> int:
     return len(self.paths)
 
   def __getitem__(self, index: int) -> np.ndarray:
-    return _decode_resized(self.paths[index], self.paths[index], self.size)
+    return _decode_resized(self.paths[index], self.paths[index], self.pre)
 
 
 class _EvalSamples:
-  """Test sample i: image uint8 (size, size, 3) and mask float32 (size, size) in [0, 1]."""
+  """Test sample i: image uint8 (H, W, 3) and mask float32 (H, W) in [0, 1] (`Preprocess`)."""
 
-  def __init__(self, reader, size: int):
-    self.reader, self.size = reader, size
+  def __init__(self, reader, pre: images_lib.Preprocess):
+    self.reader, self.pre = reader, _as_preprocess(pre)
+    self.size = self.pre.size
 
   def __len__(self) -> int:
     return len(self.reader)
@@ -367,14 +442,14 @@ class _EvalSamples:
     name = self.reader.name(index)
     image = images_lib.decode_image(image_data, name)
     if mask_data is None:
-      mask = np.zeros((self.size, self.size), np.float32)
+      mask = np.zeros(self.size, np.float32)
     else:
       full = images_lib.decode_mask(mask_data, f"the mask of {name}")
       if full.shape != image.shape[:2]:
         raise DataError(f"The mask of {name} is {full.shape[1]}x{full.shape[0]} but the image is "
                         f"{image.shape[1]}x{image.shape[0]}; they must match.")
-      mask = images_lib.resize_bilinear(full.astype(np.float32), self.size)
-    return images_lib.resize_bilinear(image, self.size), mask
+      mask = self.pre.mask(full)
+    return self.pre.image(image), mask
 
 
 # Decoded arrays, keyed by what was decoded and the size, so that the trainer, the evaluator
@@ -421,7 +496,7 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 def _reader_key(config: ml_collections.ConfigDict, reader, split: str) -> tuple:
   if isinstance(reader, SubsetSplit):
     return _reader_key(config, reader.base, split) + (tuple(reader.indices.tolist()),)
-  if isinstance(reader, mvtec_lib.PreparedSplit):
+  if config.data.source == "mvtec" and isinstance(reader, _mvtec().PreparedSplit):
     return ("mvtec", _tfds_data_dir(config), config.data.category, split)
   return ("folder", split, tuple(reader.read(i)[0] for i in range(len(reader))))
 
@@ -473,15 +548,15 @@ def _gather(table, index: np.ndarray) -> np.ndarray:
 class _LoadEval(grain.transforms.Map):
   """Global test index (or -1 for padding) -> one row of an eval batch."""
 
-  def __init__(self, samples, labels, defect_types, file_names, size: int):
+  def __init__(self, samples, labels, defect_types, file_names, size: tuple[int, int]):
     self.samples, self.size = samples, size
     self.labels, self.defect_types, self.file_names = labels, defect_types, file_names
 
   def map(self, index):
     index = int(index)
     if index < 0:
-      return {"image": np.zeros((self.size, self.size, 3), np.uint8),
-              "mask": np.zeros((self.size, self.size), np.float32),
+      return {"image": np.zeros((*self.size, 3), np.uint8),
+              "mask": np.zeros(self.size, np.float32),
               "label": np.int32(0), "defect_type": "", "file_name": "",
               "index": np.int32(-1), "valid": np.bool_(False)}
     if isinstance(self.samples, tuple):  # The decoded cache: (images, masks) arrays.
@@ -497,17 +572,30 @@ class _LoadEval(grain.transforms.Map):
 # Training.
 
 
+def _pre_key(pre: images_lib.Preprocess) -> tuple:
+  return (pre.size, pre.mode, pre.antialias)
+
+
+def texture_preprocess(config: ml_collections.ConfigDict,
+                       hw: tuple[int, int] | None = None) -> images_lib.Preprocess:
+  """Textures are stretched to the size the simulator works at (default: the training input,
+  i.e. the crop when data.crop_size is set), with the images' resize kernel."""
+  return images_lib.Preprocess(hw or train_input_hw(config), "stretch",
+                               bool(config.data.get("resize_antialias", False)))
+
+
 def _train_sources(config: ml_collections.ConfigDict, cache: bool):
-  """(images, textures): random-access uint8 (size, size, 3) tables, decoded or lazy."""
-  size = config.data.image_size
+  """(images, textures): random-access uint8 tables, decoded or lazy: images (H, W, 3) at
+  data.image_size, textures (h, w, 3) at the training input size (`texture_preprocess`)."""
+  pre, texture_pre = preprocess(config), texture_preprocess(config)
   reader = open_split(config, "train")
-  texture_paths = textures_lib.list_textures(config.data.texture_root)
-  images = _TrainImages(reader, size)
-  textures = _Textures(texture_paths, size)
+  paths = texture_paths(config)
+  images = _TrainImages(reader, pre)
+  textures = _Textures(paths, texture_pre)
   if cache:
-    images = _cached(_reader_key(config, reader, "train") + (size,),
+    images = _cached(_reader_key(config, reader, "train") + _pre_key(pre),
                      lambda: _decode_all(images, "training images"))
-    textures = _cached(("textures", tuple(texture_paths), size),
+    textures = _cached(("textures", tuple(paths)) + _pre_key(texture_pre),
                        lambda: _decode_all(textures, "textures"))
   return images, textures
 
@@ -517,30 +605,31 @@ def validation_sources(config: ml_collections.ConfigDict
   """The held-out validation images, decoded, and the texture paths (see `open_split`).
 
   Returns:
-    images: uint8 (N, S, S, 3), S = data.image_size, in file-name order (cached in memory);
+    images: uint8 (N, H, W, 3) at data.image_size, in file-name order (cached in memory);
     file_names: (N,) their names relative to the data root;
-    texture_paths: every anomaly-source texture file, sorted.
+    texture_paths: the run's anomaly-source texture files (`texture_paths`), sorted.
   """
-  size = config.data.image_size
+  pre = preprocess(config)
   reader = open_split(config, "validation")
-  images = _TrainImages(reader, size)
-  decoded = _cached(_reader_key(config, reader, "validation") + (size,),
+  images = _TrainImages(reader, pre)
+  decoded = _cached(_reader_key(config, reader, "validation") + _pre_key(pre),
                     lambda: _decode_all(images, "validation images"))
-  return decoded, list(reader.file_names), textures_lib.list_textures(config.data.texture_root)
+  return decoded, list(reader.file_names), texture_paths(config)
 
 
 def sample_train_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
-  """uint8 (min(count, N), S, S, 3): training images spread evenly over the sorted training
+  """uint8 (min(count, N), H, W, 3): training images spread evenly over the sorted training
   split (held-out validation images excluded), decoded and resized as for training."""
   if count < 1:
     raise ConfigError(f"count={count} training images: ask for at least 1.")
-  table = _TrainImages(open_split(config, "train"), config.data.image_size)
+  table = _TrainImages(open_split(config, "train"), preprocess(config))
   index = np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))
   return np.stack([table[int(i)] for i in index])
 
 
-def load_textures(paths: list[str], size: int) -> np.ndarray:
-  """uint8 (len(paths), size, size, 3): textures decoded and resized as for training."""
+def load_textures(paths: list[str], size) -> np.ndarray:
+  """uint8 (len(paths), h, w, 3): textures decoded and resized by `size`, a side, a (height,
+  width) or a `Preprocess` (`texture_preprocess`)."""
   table = _Textures(list(paths), size)
   return np.stack([table[i] for i in range(len(table))])
 
@@ -600,7 +689,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
   """An endless iterator of this process's training batches.
 
   Each batch is a dict of host-local numpy arrays, b = train.batch_size // process_count:
-    'image':   uint8 (b, S, S, 3), clean training images, S = data.image_size;
+    'image':   uint8 (b, H, W, 3), clean training images at data.image_size (the train step
+               cuts the data.crop_size crops);
     'texture': uint8 (b, S, S, 3), anomaly-source textures drawn uniformly, one per image.
   The global batch depends only on (data, train.seed, step), not on process_count or
   data.num_workers; this process's batch is its rows [p*b, (p+1)*b) of it. Within an epoch the
@@ -630,9 +720,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
 class EvalDataset:
   """The test split in a fixed order, as padded batches, plus original-resolution access.
 
-  Iterating yields dicts of host-local numpy arrays (B = eval.batch_size // process_count):
-    'image':       uint8 (B, S, S, 3) at S = data.image_size;
-    'mask':        float32 (B, S, S), the 0/1 mask bilinearly resized (no antialiasing);
+  Iterating yields dicts of host-local numpy arrays (B = global_batch_size // process_count):
+    'image':       uint8 (B, H, W, 3) at data.image_size (`preprocess`);
+    'mask':        float32 (B, H, W), the 0/1 mask resized like its image (bilinear, no
+                   antialiasing, unless data.resize_antialias);
                    the evaluator thresholds it (paper: >= 1 - 0.5/255; standard: >= 0.5);
                    zeros for good images and when `has_masks` is False;
     'label':       int32 (B,), 1 = defective;
@@ -648,19 +739,20 @@ class EvalDataset:
   """
 
   def __init__(self, reader, config: ml_collections.ConfigDict, process_index: int,
-               process_count: int, cache: bool):
+               process_count: int, cache: bool, global_batch_size: int):
     self._reader = reader
     self._config = config
     self.image_size = config.data.image_size
-    self.global_batch_size = config.eval.batch_size
-    self.batch_size = self.global_batch_size // process_count
+    self.preprocess = preprocess(config)
+    self.global_batch_size = global_batch_size
+    self.batch_size = global_batch_size // process_count
     self.num_examples = len(reader)
     self.num_batches = -(-self.num_examples // self.global_batch_size)
     self.has_masks = bool(reader.has_masks)
     self.labels = np.asarray(reader.labels, np.int32)
     self.defect_types = np.asarray(reader.defect_types, dtype=str)
     self.file_names = np.asarray(reader.file_names, dtype=str)
-    self._process_index = process_index
+    self._process_index, self._process_count = process_index, process_count
     self._cache = cache
     self._threads = max(1, min(4, config.data.num_workers))
 
@@ -669,23 +761,20 @@ class EvalDataset:
 
   def _indices(self) -> list[int]:
     """This process's rows of every global batch; -1 marks padding past the last sample."""
-    out = []
-    for b in range(self.num_batches):
-      start = b * self.global_batch_size + self._process_index * self.batch_size
-      out.extend(i if i < self.num_examples else -1
-                 for i in range(start, start + self.batch_size))
-    return out
+    return [int(i) for rows in padding.batch_indices(
+        self.num_examples, self.global_batch_size, self._process_index, self._process_count)
+            for i in rows]
 
   def _samples(self):
-    samples = _EvalSamples(self._reader, self.image_size)
+    samples = _EvalSamples(self._reader, self.preprocess)
     if self._cache:
-      key = _reader_key(self._config, self._reader, "test") + (self.image_size,)
+      key = _reader_key(self._config, self._reader, "test") + _pre_key(self.preprocess)
       return _cached(key, lambda: _decode_all(samples, "test images"))
     return samples
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     load = _LoadEval(self._samples(), self.labels, self.defect_types, self.file_names,
-                     self.image_size)
+                     self.preprocess.size)
     ds = grain.MapDataset.source(self._indices()).map(load).batch(self.batch_size)
     threads = 1 if self._cache else self._threads
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
@@ -713,16 +802,18 @@ class EvalDataset:
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
-                      process_count: int = 1) -> EvalDataset:
+                      process_count: int = 1, num_devices: int | None = None) -> EvalDataset:
   """The test split for evaluation (see `EvalDataset` for the batch format).
 
-  With several processes, each yields its rows [p*B/P, (p+1)*B/P) of every global batch of
-  B = eval.batch_size, so that every process runs the same number of steps and the global batch
-  is the processes' batches concatenated in process order.
+  Global batches hold B = eval.batch_size rounded up to a multiple of `num_devices` rows
+  (`padding.padded_batch_size`). With several processes, each yields its rows
+  [p*B/P, (p+1)*B/P) of every global batch, so that every process runs the same number of
+  steps and the global batch is the processes' batches concatenated in process order.
 
   Args:
     config: the experiment config.
     process_index, process_count: this process and the number of processes.
+    num_devices: devices the batches are sharded over (default: one per process).
 
   Returns:
     EvalDataset (iterable, re-iterable; `original(i)`, `num_examples`, `has_masks`).
@@ -730,10 +821,19 @@ def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int =
   Raises:
     DataError: no test split (a folder data set without `<root>/test`), or a malformed one.
   """
-  _check_config(config, process_count, batch_fields=("eval",))
+  _check_config(config, process_count, batch_fields=())
   _check_process(process_index, process_count)
+  value = config.eval.batch_size
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"eval.batch_size={value!r} must be a positive integer.")
+  num_devices = process_count if num_devices is None else num_devices
+  if num_devices % process_count:
+    raise ValueError(f"num_devices={num_devices} must be a multiple of the number of processes "
+                     f"({process_count}).")
+  global_batch = padding.padded_batch_size(config.eval.batch_size, num_devices)
   cache = config.data.get("cache_decoded", True)
-  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache)
+  return EvalDataset(open_split(config, "test"), config, process_index, process_count, cache,
+                     global_batch)
 
 
 load_image = images_lib.load_image

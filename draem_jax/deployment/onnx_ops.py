@@ -8,9 +8,9 @@ the paper's widths 38 transposes survived and took 22% of the CPU time (bench/RE
 
 Importing this module registers a jax2onnx plugin that, while `jax2onnx.to_onnx` traces (and
 only then), replaces
-  * `models.layers._max_pool` by `flax.linen.max_pool` (2x2, stride 2, VALID: the same values, odd
+  * `models.layers._max_pool` (and `_max_pool_plain`) by `flax.linen.max_pool` (2x2, stride 2, VALID: the same values, odd
     trailing rows and columns dropped alike), which jax2onnx lowers to MaxPool;
-  * `models.layers.upsample2x_align_corners` by a primitive lowered to
+  * `models.layers.upsample2x_align_corners` (and its `_plain` twin) by a primitive lowered to
     Resize(mode=linear, coordinate_transformation_mode=align_corners, scales (1, 2, 2, 1)),
     the same 2-tap interpolation (equal to float32 rounding; tests/test_export.py).
 Training, evaluation and the jax.export artifact are untouched.
@@ -75,10 +75,12 @@ class Upsample2xAlignCorners(PrimitiveLeafPlugin):
   @classmethod
   def binding_specs(cls) -> list[MonkeyPatchSpec]:
     # Entered by jax2onnx around every to_onnx call, undone after it.
-    return [MonkeyPatchSpec(target=models.layers, attr="upsample2x_align_corners",
-                            make_value=lambda _: cls._PRIM.bind),
-            MonkeyPatchSpec(target=models.layers, attr="_max_pool",
-                            make_value=lambda _: _max_pool_for_onnx)]
+    # Both layer implementations (model.layer_impl) compute the same values.
+    return [MonkeyPatchSpec(target=models.layers, attr=attr, make_value=lambda _: cls._PRIM.bind)
+            for attr in ("upsample2x_align_corners", "upsample2x_align_corners_plain")] + [
+                MonkeyPatchSpec(target=models.layers, attr=attr,
+                                make_value=lambda _: _max_pool_for_onnx)
+                for attr in ("_max_pool", "_max_pool_plain")]
 
 
 _UPSAMPLE.def_abstract_eval(Upsample2xAlignCorners.abstract_eval)

@@ -1,7 +1,9 @@
 """Inference and evaluation: anomaly maps, image scores, metrics, overlays (DRAEM_SPEC 5).
 
-On the device (`make_predict_fn`): R -> D -> softmax; the pixel score is the probability of
-the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
+On the device (`make_predict_fn`): R -> D -> softmax on the whole image (the networks are
+fully convolutional, so a model trained on crops scores any size), or tile by tile with
+eval.tile_size, the overlapping tiles blended into one map (`data.windows.tiled_map`); the pixel
+score is the probability of the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
 counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
 the alternatives of `image_score` (eval.image_score). On the host
 (`evaluate`): the metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
@@ -35,6 +37,7 @@ from draem_jax.training import parallel
 from draem_jax.evaluation import report
 from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
+from draem_jax.data import windows
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.csv"
@@ -93,14 +96,31 @@ def image_score(maps: jax.Array, size: int, kind: str = "paper") -> jax.Array:
   return jnp.percentile(maps.reshape(maps.shape[0], -1), 99.0, axis=1)  # p99
 
 
+def filter_size_for(map_hw: tuple[int, int], mean_filter_size: int,
+                    mean_filter_fraction: float = 0.0) -> int:
+  """The mean filter's k for maps of `map_hw`: `mean_filter_size`, or with a fraction > 0 the
+  odd integer nearest fraction x the short side (21/256 gives 21 at 256, 5 at 64, 41 at 512)."""
+  if not mean_filter_fraction:
+    return int(mean_filter_size)
+  k = int(np.floor((mean_filter_fraction * min(map_hw) - 1.0) / 2.0 + 0.5)) * 2 + 1
+  return max(1, k)
+
+
 def make_predict_fn(model: nn.Module, mean_filter_size: int,
-                    score_kind: str = "paper") -> Callable:
+                    score_kind: str = "paper", *, mean_filter_fraction: float = 0.0,
+                    tile_size: int | tuple[int, int] = 0, tile_overlap: float = 0.25,
+                    unroll_tiles: bool = False) -> Callable:
   """`predict(variables, images) -> (maps, scores)` (not jitted).
 
   Args:
     model: the DRAEM module.
     mean_filter_size: odd k of the k x k mean filter of the image score.
     score_kind: one of IMAGE_SCORES (`image_score`).
+    mean_filter_fraction: if > 0, k follows the image size instead (`filter_size_for`).
+    tile_size: 0 scores the whole image at once; a side or (height, width) scores tiles of it,
+      overlapping by `tile_overlap`, averaged into one map (`windows.tiled_map`).
+    tile_overlap: fraction of a tile shared with its neighbour.
+    unroll_tiles: a static loop over the tiles (for ONNX export).
 
   Args of the returned function:
     variables: {'params', 'batch_stats'}; BatchNorm uses the running statistics.
@@ -110,15 +130,24 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
     maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
   """
   _check_score_kind(score_kind)  # Now, not when the function is first traced.
+  tile_hw = images_lib.size_hw(tile_size, "eval.tile_size") if tile_size else None
 
   def predict(variables, images):
     if images.dtype == jnp.uint8:
       x = images.astype(jnp.float32) / 255.0
     else:
       x = images.astype(jnp.float32)
-    _, logits = model.apply(variables, x, train=False)
-    maps = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
-    return maps, image_score(maps, mean_filter_size, score_kind)
+
+    def anomaly_map(x):
+      _, logits = model.apply(variables, x, train=False)
+      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+
+    if tile_hw is None:
+      maps = anomaly_map(x)
+    else:
+      maps = windows.tiled_map(anomaly_map, x, tile_hw, tile_overlap, unroll=unroll_tiles)
+    k = filter_size_for(maps.shape[1:3], mean_filter_size, mean_filter_fraction)
+    return maps, image_score(maps, k, score_kind)
 
   return predict
 
@@ -128,9 +157,15 @@ def score_kind(ev: ml_collections.ConfigDict) -> str:
   return ev.get("image_score", "paper")
 
 
-def predict_fn_for(model: nn.Module, ev: ml_collections.ConfigDict) -> Callable:
-  """`make_predict_fn` with the filter size and image score of the eval config `ev`."""
-  return make_predict_fn(model, ev.mean_filter_size, score_kind(ev))
+def predict_fn_for(model: nn.Module, ev: ml_collections.ConfigDict,
+                   unroll_tiles: bool = False) -> Callable:
+  """`make_predict_fn` with the filter, image score and tiles of the eval config `ev` (fields
+  missing in runs that predate them read as their defaults: no tiles, a fixed filter)."""
+  return make_predict_fn(model, ev.mean_filter_size, score_kind(ev),
+                         mean_filter_fraction=float(ev.get("mean_filter_fraction", 0.0)),
+                         tile_size=ev.get("tile_size", 0),
+                         tile_overlap=float(ev.get("tile_overlap", 0.25)),
+                         unroll_tiles=unroll_tiles)
 
 
 def jit_predict_fn(predict: Callable, mesh: Mesh) -> Callable:
@@ -177,7 +212,8 @@ def predict_split(predict: Callable, variables, eval_ds: data_lib.EvalDataset,
 
 
 def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float | None:
-  """AU-PRO with maps upsampled (bilinear) to each image's original size, as MVTec's script."""
+  """AU-PRO with maps taken back (bilinear) to each image's original size, as MVTec's script
+  (`Preprocess.map_back`: the padding of fit_long_side dropped)."""
   originals = [eval_ds.original(i)["mask"] for i in range(eval_ds.num_examples)]
   shapes = {m.shape for m in originals}
   if len(shapes) != 1:
@@ -185,7 +221,7 @@ def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float
                     sorted(shapes))
     return None
   (h, w), = shapes
-  up = np.stack([images_lib.resize_bilinear(m.astype(np.float32), (h, w)) for m in maps])
+  up = np.stack([eval_ds.preprocess.map_back(m.astype(np.float32), (h, w)) for m in maps])
   return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
 
 
@@ -268,9 +304,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
     The metrics dict (fractions; nan where undefined, e.g. pixel metrics without masks).
   """
   ev = config.eval
-  parallel.check_batch_size(ev.batch_size, mesh, "eval.batch_size")
   eval_ds = data_lib.make_eval_dataset(config, process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+                                       process_count=jax.process_count(),
+                                       num_devices=mesh.devices.size)
   predict = jit_predict_fn(predict_fn_for(model, ev), mesh)
   pred = predict_split(predict, variables, eval_ds, mesh)
   if eval_ds.has_masks:

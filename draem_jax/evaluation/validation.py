@@ -47,6 +47,7 @@ from draem_jax import fileio
 from draem_jax.evaluation import metrics as metrics_lib
 from draem_jax.evaluation import report
 from draem_jax.simulation import simulator
+from draem_jax.data import padding
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError
 
@@ -64,13 +65,16 @@ def synthetic_split(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The validation images, clean and with simulated anomalies (module docstring, step 1).
 
   Returns:
-    {'images': float32 (2N, S, S, 3) in [0, 1] (N clean, then N simulated), 'masks': float32
-    (2N, S, S) in {0, 1}, 'labels': int32 (2N,), 'files': the N held-out file names}.
+    {'images': float32 (2N, H, W, 3) in [0, 1] (N clean, then N simulated), 'masks': float32
+    (2N, H, W) in {0, 1}, 'labels': int32 (2N,), 'files': the N held-out file names}.
   """
   clean, files, texture_paths = pipeline.validation_sources(config)
-  n, size = clean.shape[0], config.data.image_size
+  n = clean.shape[0]
   draws = np.random.default_rng(SIMULATION_SEED).integers(len(texture_paths), size=n)
-  textures = pipeline.load_textures([texture_paths[i] for i in draws], size)
+  # The anomalies are simulated on the whole resized image, which is what evaluation scores
+  # (also when training used crops).
+  textures = pipeline.load_textures([texture_paths[i] for i in draws],
+                                    pipeline.texture_preprocess(config, pipeline.image_hw(config)))
   # Every held-out image gets an anomaly (the training default gives half of them none): the
   # clean copies are the normal half of the split.
   sim_config = dataclasses.replace(simulator.SimulatorConfig.from_config(config.simulator),
@@ -87,29 +91,23 @@ def synthetic_split(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 class _ArrayBatches:
-  """Host arrays as the evaluator's batches: this process's rows of each global batch."""
+  """Host arrays as the evaluator's batches: this process's rows of each global batch, the
+  last one padded (`padding.batch_indices`)."""
 
   def __init__(self, images: np.ndarray, masks: np.ndarray, global_batch_size: int,
                process_index: int, process_count: int):
     self.images, self.masks = images, masks
-    self.global_batch_size = global_batch_size
-    self.batch_size = global_batch_size // process_count
-    self.process_index = process_index
-    self.num_examples = images.shape[0]
+    self._rows = padding.batch_indices(images.shape[0], global_batch_size, process_index,
+                                       process_count)
 
   def __len__(self) -> int:
-    return -(-self.num_examples // self.global_batch_size)
+    return len(self._rows)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    for b in range(len(self)):
-      start = b * self.global_batch_size + self.process_index * self.batch_size
-      index = np.arange(start, start + self.batch_size)
-      valid = index < self.num_examples
-      safe = np.where(valid, index, 0)
-      yield {"image": np.where(valid[:, None, None, None], self.images[safe], 0.0)
-                      .astype(np.float32),
-             "mask": np.where(valid[:, None, None], self.masks[safe], 0.0).astype(np.float32),
-             "index": np.where(valid, index, -1).astype(np.int32)}
+    for index in self._rows:
+      yield {"image": padding.take_rows(self.images, index).astype(np.float32),
+             "mask": padding.take_rows(self.masks, index).astype(np.float32),
+             "index": index.astype(np.int32)}
 
 
 def describe_split(config: ml_collections.ConfigDict) -> str:
@@ -208,8 +206,9 @@ def calibrate(config: ml_collections.ConfigDict, variables: Any, model: nn.Modul
   """
   ev = config.eval
   split = synthetic_split(config)
-  batches = _ArrayBatches(split["images"], split["masks"], ev.batch_size, jax.process_index(),
-                          jax.process_count())
+  batches = _ArrayBatches(split["images"], split["masks"],
+                          padding.padded_batch_size(ev.batch_size, mesh.devices.size),
+                          jax.process_index(), jax.process_count())
   predict = evaluator.jit_predict_fn(evaluator.predict_fn_for(model, ev), mesh)
   pred = evaluator.predict_split(predict, variables, batches, mesh, desc="validation")
   labels, scores, maps = split["labels"], pred["scores"], pred["maps"]

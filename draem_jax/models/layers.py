@@ -10,6 +10,15 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm scale ~ N(1, 0.02), BatchNorm bias
 uses PyTorch's defaults (momentum 0.1 == Flax momentum 0.9, eps 1e-5). BatchNorm's training
 statistics, the max-pool and the upsampling have custom VJPs written for XLA:CPU's sake (each
 docstring says why).
+
+`impl` (config `model.layer_impl`) chooses how those three layers are computed, with the same
+variables and the same numbers up to float rounding:
+  * "custom": the hand-written versions with custom VJPs above (`batch_norm_train`,
+    `_max_pool`, `upsample2x_align_corners`);
+  * "plain": plain Flax / jax.numpy formulations differentiated by autodiff
+    (`batch_norm_train_plain`, `_max_pool_plain`, `upsample2x_align_corners_plain`), which
+    leave XLA's GPU/TPU compilers free to fuse them with their neighbours;
+  * "auto": `resolve_layer_impl` picks per platform.
 """
 
 import functools
@@ -26,6 +35,27 @@ Dtype = Any
 
 _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
 _BN_EPSILON = 1e-5
+LAYER_IMPLS = ("custom", "plain", "auto")
+
+
+def resolve_layer_impl(impl: str, platform: str | None = None) -> str:
+  """"custom" or "plain" for config `model.layer_impl`; "auto" decides by platform.
+
+  "auto" is "custom" on CPU, where the custom VJPs were written and measured (their docstrings:
+  BatchNorm fwd+bwd 3x faster, the upsampling's gradient 13x, the max-pool without XLA:CPU's
+  index arrays), and "plain" on every other platform. That second half is a default, not a
+  measurement: no GPU or TPU timing of the two has been recorded yet (`bench/gpu_suite.py`
+  times both); change it here once one says otherwise.
+
+  Args:
+    impl: "custom", "plain" or "auto".
+    platform: "cpu", "gpu", "tpu", ... (default: `jax.default_backend()`).
+  """
+  if impl not in LAYER_IMPLS:
+    raise ConfigError(f"model.layer_impl={impl!r} must be one of {LAYER_IMPLS}.")
+  if impl != "auto":
+    return impl
+  return "custom" if (platform or jax.default_backend()) == "cpu" else "plain"
 
 
 def conv_kernel_init(key, shape, dtype=jnp.float32):
@@ -133,6 +163,28 @@ def upsample2x_align_corners(x: jax.Array) -> jax.Array:
   return _upsample2x_axis(_upsample2x_axis(x, 1), 2)
 
 
+def upsample2x_align_corners_plain(x: jax.Array) -> jax.Array:
+  """`upsample2x_align_corners` as two dense interpolation matrix products (plain autodiff).
+
+  Each axis is contracted with its (2n, n) `align_corners_matrix` at HIGHEST precision (no
+  TF32/bfloat16 passes for float32 data: the result is the 2-tap sum up to rounding); the
+  gradient is the transposed product. O(n) multiply-adds per output, which matrix units absorb
+  but a CPU does not (see `upsample2x_align_corners`).
+
+  Args:
+    x: (B, H, W, C).
+
+  Returns:
+    (B, 2H, 2W, C), same dtype as `x`.
+  """
+  _, h, w, _ = x.shape
+  mh = jnp.asarray(align_corners_matrix(h, 2 * h), x.dtype)
+  mw = jnp.asarray(align_corners_matrix(w, 2 * w), x.dtype)
+  highest = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=highest)
+  return jnp.einsum("ow,bhwc->bhoc", mw, x, precision=highest)
+
+
 def channel_sum(x: jax.Array) -> jax.Array:
   """Sum over every axis but the last: (..., W, C) -> (C,).
 
@@ -203,6 +255,24 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
+def batch_norm_train_plain(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                           epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`batch_norm_train` written plainly: two-pass statistics, gradient by autodiff.
+
+  Same arguments, results and dtypes (statistics in at least float32); the variance is
+  E[(x - mean)^2], equal to the custom one-pass formula up to float rounding.
+  """
+  compute = jnp.promote_types(x.dtype, jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(compute)
+  mean = jnp.mean(xf, axis=axes)
+  centred = xf - mean
+  var = jnp.mean(centred * centred, axis=axes)
+  r = jax.lax.rsqrt(var + epsilon)
+  y = (centred * (scale.astype(compute) * r) + bias.astype(compute)).astype(x.dtype)
+  return y, mean, var
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over all axes but the last, with PyTorch's defaults (momentum 0.1, eps 1e-5).
 
@@ -217,6 +287,7 @@ class BatchNorm(nn.Module):
   momentum: float = _BN_MOMENTUM
   epsilon: float = _BN_EPSILON
   dtype: Dtype = jnp.float32
+  impl: str = "custom"  # "custom" (batch_norm_train) or "plain" (batch_norm_train_plain).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -231,7 +302,8 @@ class BatchNorm(nn.Module):
       k = scale.astype(compute) * jax.lax.rsqrt(ra_var.value.astype(compute) + self.epsilon)
       shift = bias.astype(compute) - ra_mean.value.astype(compute) * k
       return (x.astype(compute) * k + shift).astype(self.dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    train_fn = batch_norm_train if self.impl == "custom" else batch_norm_train_plain
+    y, mean, var = train_fn(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
       # Cast back: float64 activations must not turn the float32 statistics into float64
@@ -252,6 +324,7 @@ class ConvBNReLU(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
+  impl: str = "custom"  # BatchNorm's layer_impl.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -259,7 +332,8 @@ class ConvBNReLU(nn.Module):
     x = nn.Conv(self.features, (3, 3), padding=1, use_bias=True, dtype=self.dtype,
                 kernel_init=conv_kernel_init, bias_init=torch_conv_bias_init(fan_in),
                 name="conv")(x)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+    x = BatchNorm(use_running_average=not train, dtype=self.dtype, impl=self.impl,
+                  name="bn")(x)
     return nn.relu(x)
 
 
@@ -269,11 +343,13 @@ class Block(nn.Module):
   features: int
   mid_features: int | None = None
   dtype: Dtype = jnp.float32
+  impl: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = ConvBNReLU(self.mid_features or self.features, self.dtype, name="cbr1")(x, train)
-    return ConvBNReLU(self.features, self.dtype, name="cbr2")(x, train)
+    x = ConvBNReLU(self.mid_features or self.features, self.dtype, self.impl,
+                   name="cbr1")(x, train)
+    return ConvBNReLU(self.features, self.dtype, self.impl, name="cbr2")(x, train)
 
 
 class UpConvBNReLU(nn.Module):
@@ -281,10 +357,12 @@ class UpConvBNReLU(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
+  impl: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return ConvBNReLU(self.features, self.dtype, name="cbr")(upsample2x_align_corners(x), train)
+    return ConvBNReLU(self.features, self.dtype, self.impl, name="cbr")(upsample(x, self.impl),
+                                                                         train)
 
 
 def _final_conv(features: int, fan_in: int, dtype: Dtype) -> nn.Conv:
@@ -348,3 +426,20 @@ def _max_pool(x: jax.Array) -> jax.Array:
   """2x2 max-pool, stride 2; odd trailing rows/columns are dropped, as VALID pooling does."""
   _, h, w, _ = x.shape
   return max_pool_2x2(x[:, :h // 2 * 2, :w // 2 * 2])
+
+
+def _max_pool_plain(x: jax.Array) -> jax.Array:
+  """`_max_pool` as Flax's `nn.max_pool` (reduce_window; autodiff's select-and-scatter)."""
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+# The functions are looked up in this module's globals at call time, so that
+# `draem_jax.deployment.onnx_ops` can replace them while jax2onnx traces.
+def max_pool(x: jax.Array, impl: str = "custom") -> jax.Array:
+  """2x2 max-pool, stride 2, by `impl` ("custom": `_max_pool`, "plain": `_max_pool_plain`)."""
+  return _max_pool(x) if impl == "custom" else _max_pool_plain(x)
+
+
+def upsample(x: jax.Array, impl: str = "custom") -> jax.Array:
+  """x2 align-corners upsampling by `impl` ("custom" or "plain")."""
+  return upsample2x_align_corners(x) if impl == "custom" else upsample2x_align_corners_plain(x)

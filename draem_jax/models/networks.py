@@ -39,20 +39,21 @@ class ReconstructiveSubNetwork(nn.Module):
   width: int = 128
   out_channels: int = 3
   dtype: Dtype = jnp.float32
+  layer_impl: str = "custom"  # "custom" or "plain" (layers.py); same variables either way.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    w, dt = self.width, self.dtype
+    w, dt, impl = self.width, self.dtype, self.layer_impl
     x = x.astype(dt)
     # Encoder: four pooled blocks and a bottleneck block (16x16 at 256 input).
     for i, mult in enumerate((1, 2, 4, 8)):
-      x = Block(mult * w, dtype=dt, name=f"enc_block{i + 1}")(x, train)
-      x = layers._max_pool(x)  # Looked up at call time (onnx_ops).
-    x = Block(8 * w, dtype=dt, name="enc_block5")(x, train)
+      x = Block(mult * w, dtype=dt, impl=impl, name=f"enc_block{i + 1}")(x, train)
+      x = layers.max_pool(x, impl)  # Looked up at call time (onnx_ops).
+    x = Block(8 * w, dtype=dt, impl=impl, name="enc_block5")(x, train)
     # Decoder: up+conv(c->c), conv(c->c), conv(c->c').
     for i, (c, c_out) in enumerate(((8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w), (w, w))):
-      x = UpConvBNReLU(c, dtype=dt, name=f"dec_up{i + 1}")(x, train)
-      x = Block(c_out, mid_features=c, dtype=dt, name=f"dec_block{i + 1}")(x, train)
+      x = UpConvBNReLU(c, dtype=dt, impl=impl, name=f"dec_up{i + 1}")(x, train)
+      x = Block(c_out, mid_features=c, dtype=dt, impl=impl, name=f"dec_block{i + 1}")(x, train)
     x = _final_conv(self.out_channels, 9 * w, dt)(x)
     return x.astype(_output_dtype(dt))
 
@@ -67,22 +68,23 @@ class DiscriminativeSubNetwork(nn.Module):
   width: int = 64
   out_channels: int = 2
   dtype: Dtype = jnp.float32
+  layer_impl: str = "custom"  # "custom" or "plain" (layers.py); same variables either way.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    b, dt = self.width, self.dtype
+    b, dt, impl = self.width, self.dtype, self.layer_impl
     x = x.astype(dt)
     skips = []
     for i, mult in enumerate((1, 2, 4, 8, 8)):
-      x = Block(mult * b, dtype=dt, name=f"enc_block{i + 1}")(x, train)
+      x = Block(mult * b, dtype=dt, impl=impl, name=f"enc_block{i + 1}")(x, train)
       skips.append(x)
-      x = layers._max_pool(x)  # Looked up at call time (onnx_ops).
-    x = Block(8 * b, dtype=dt, name="enc_block6")(x, train)  # 8x8 at 256 input.
+      x = layers.max_pool(x, impl)  # Looked up at call time (onnx_ops).
+    x = Block(8 * b, dtype=dt, impl=impl, name="enc_block6")(x, train)  # 8x8 at 256 input.
     # Decoder: up+conv, then concat(upsampled, encoder feature) -> block.
     for i, mult in enumerate((8, 4, 2, 1, 1)):
-      x = UpConvBNReLU(mult * b, dtype=dt, name=f"dec_up{i + 1}")(x, train)
+      x = UpConvBNReLU(mult * b, dtype=dt, impl=impl, name=f"dec_up{i + 1}")(x, train)
       x = jnp.concatenate([x, skips[-1 - i]], axis=-1)
-      x = Block(mult * b, dtype=dt, name=f"dec_block{i + 1}")(x, train)
+      x = Block(mult * b, dtype=dt, impl=impl, name=f"dec_block{i + 1}")(x, train)
     x = _final_conv(self.out_channels, 9 * b, dt)(x)
     return x.astype(_output_dtype(dt))
 
@@ -97,10 +99,13 @@ class DRAEM(nn.Module):
   recon_width: int = 128
   disc_width: int = 64
   dtype: Dtype = jnp.float32
+  layer_impl: str = "custom"  # "custom" or "plain" (see layers.py); not "auto".
 
   def setup(self):
-    self.reconstructive = ReconstructiveSubNetwork(self.recon_width, 3, self.dtype)
-    self.discriminative = DiscriminativeSubNetwork(self.disc_width, 2, self.dtype)
+    self.reconstructive = ReconstructiveSubNetwork(self.recon_width, 3, self.dtype,
+                                                   self.layer_impl)
+    self.discriminative = DiscriminativeSubNetwork(self.disc_width, 2, self.dtype,
+                                                   self.layer_impl)
 
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     """Args: x (B, H, W, 3) in [0, 1]. Returns (reconstruction (B, H, W, 3),
@@ -190,8 +195,12 @@ def _cpu_options_supported() -> bool:
     return False
 
 
-def create_model(model_config) -> DRAEM:
-  """Builds `DRAEM` from config.model (recon_width, disc_width, dtype)."""
+def create_model(model_config, platform: str | None = None) -> DRAEM:
+  """Builds `DRAEM` from config.model (recon_width, disc_width, dtype, layer_impl).
+
+  `model.layer_impl` "auto" (or absent, as in configs saved before it existed) is resolved
+  for `platform` (default: JAX's default backend) by `layers.resolve_layer_impl`.
+  """
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if model_config.dtype not in dtypes:
     raise ConfigError(
@@ -200,8 +209,9 @@ def create_model(model_config) -> DRAEM:
     if int(getattr(model_config, field)) <= 0:
         raise ConfigError(f"model.{field} must be a positive integer, got "
                         f"{getattr(model_config, field)!r}.")
+  impl = layers.resolve_layer_impl(model_config.get("layer_impl", "auto"), platform)
   return DRAEM(int(model_config.recon_width), int(model_config.disc_width),
-               dtypes[model_config.dtype])
+               dtypes[model_config.dtype], impl)
 
 
 def count_params(params) -> int:

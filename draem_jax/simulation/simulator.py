@@ -19,6 +19,13 @@ textures into the training inputs of one step. Per sample, with its own key from
    U[0, beta_max) and
      augmented = I (1 - M) + (1 - beta) A M + beta I M,   has_anomaly = any(M).
 
+The paper's ablations (its Table 3) are switches of this step, each off by default:
+`mask_shape="rectangles"` (M a union of random rectangles, `masks.rectangle_mask`),
+`texture_source="color"` (A one uniform random colour per sample, no augmenters: they would
+only change the colour, and the rotation would add black corners), `augment_textures=False`
+(A as read) and `random_opacity=False` (beta = 0, A fully opaque). Their draws come from the
+keys the default uses (the colour from the texture key), so every other draw stays the same.
+
 The scalar draws of a sample (branch, angles, kx, ky, augmenter indices, beta; see
 `sample_draws`) are made for every sample; the image work of each branch sits in `lax.cond` /
 `lax.switch`. `simulate_masks` gives the masks of `simulate` without the image work, for
@@ -49,10 +56,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from draem_jax.simulation import augment
-from draem_jax.simulation import perlin
+from draem_jax.simulation import masks
 from draem_jax.errors import ConfigError
 
 _BATCHING_MODES = ("auto", "vmap", "map")
+MASK_SHAPES = ("perlin", "rectangles")
+TEXTURE_SOURCES = ("textures", "color")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +81,10 @@ class SimulatorConfig:
   jitter_brightness: float = 0.0
   jitter_contrast: float = 0.0
   jitter_gamma: float = 0.0
+  mask_shape: str = "perlin"
+  texture_source: str = "textures"
+  augment_textures: bool = True
+  random_opacity: bool = True
 
   def __post_init__(self):
     for field in dataclasses.fields(self):  # Accept e.g. 1 for 1.0 from command-line overrides.
@@ -79,6 +92,8 @@ class SimulatorConfig:
       try:
         if field.type is int and float(value) != int(value):
           raise ValueError("not an integer")
+        if field.type is bool and value not in (True, False):  # bool("false") would be True.
+          raise ValueError("not a boolean")
         object.__setattr__(self, field.name, field.type(value))
       except (TypeError, ValueError) as e:
         raise ConfigError(f"config.simulator.{field.name} = {value!r} must be a "
@@ -106,6 +121,12 @@ class SimulatorConfig:
     if self.batching not in _BATCHING_MODES:
       raise ConfigError(f"config.simulator.batching = {self.batching!r} must be one of "
                         f"{_BATCHING_MODES}.")
+    if self.mask_shape not in MASK_SHAPES:
+      raise ConfigError(f"config.simulator.mask_shape = {self.mask_shape!r} must be one of "
+                        f"{MASK_SHAPES}.")
+    if self.texture_source not in TEXTURE_SOURCES:
+      raise ConfigError(f"config.simulator.texture_source = {self.texture_source!r} must be "
+                        f"one of {TEXTURE_SOURCES}.")
 
   @property
   def jitter(self) -> bool:
@@ -150,8 +171,8 @@ class SimulatorDetails(NamedTuple):
     perlin_log2: (B, 2) int32 (kx, ky), drawn for every sample.
     augmenters: (B, num_augmenters) int32 indices into `augment.AUGMENTER_NAMES`, in order.
     beta: (B,) float32 blend factor.
-    texture: (B, H, W, 3) float32 0..255, the augmented texture (the input texture where the
-      sample is clean).
+    texture: (B, H, W, 3) float32 0..255, the anomaly source A (augmented texture or colour;
+      the input texture where the sample is clean).
   """
   rotated: jax.Array
   anomaly_branch: jax.Array
@@ -177,7 +198,7 @@ def _to_byte_range(textures: jax.Array) -> jax.Array:
 
 def perlin_mask(key: jax.Array, log2_res: jax.Array, shape: tuple[int, int],
                 cfg: Any) -> jax.Array:
-  """Perlin mask for a given lattice resolution: gradients, noise, rotation, threshold.
+  """`masks.perlin_mask` with the config's resolution range, rotation and threshold.
 
   Args:
     key: PRNG key for the gradient angles and the rotation angle.
@@ -189,13 +210,20 @@ def perlin_mask(key: jax.Array, log2_res: jax.Array, shape: tuple[int, int],
     (H, W, 1) float32 in {0, 1}.
   """
   c = SimulatorConfig.from_config(cfg)
-  size = 2**c.perlin_max_log2 + 1
-  u = jax.random.uniform(key, (size * size + 1,), jnp.float32)  # One generator call.
-  gradients = perlin.unit_gradients(u[:-1].reshape(size, size))
-  noise = perlin.perlin_noise(gradients, jnp.left_shift(1, log2_res), shape)
-  angle = (2.0 * u[-1] - 1.0) * c.perlin_rotate_max_deg
-  noise = augment.rotate(noise[..., None], angle)
-  return (noise > c.perlin_threshold).astype(jnp.float32)
+  return masks.perlin_mask(key, log2_res, shape, c.perlin_max_log2, c.perlin_rotate_max_deg,
+                           c.perlin_threshold)
+
+
+def anomaly_mask(key: jax.Array, log2_res: jax.Array, shape: tuple[int, int],
+                 cfg: Any) -> jax.Array:
+  """The anomaly branch's mask of `cfg.mask_shape`: (H, W, 1) float32 in {0, 1}.
+
+  Args as `perlin_mask`; rectangles use only the key.
+  """
+  c = SimulatorConfig.from_config(cfg)
+  if c.mask_shape == "rectangles":
+    return masks.rectangle_mask(key, shape)
+  return perlin_mask(key, log2_res, shape, c)
 
 
 class SampleDraws(NamedTuple):
@@ -207,9 +235,9 @@ class SampleDraws(NamedTuple):
     anomaly_branch: bool, whether the sample gets an anomaly.
     perlin_log2: (2,) int32 (kx, ky) of the Perlin lattice.
     augmenters: (num_augmenters,) int32 distinct indices into `augment.AUGMENTER_NAMES`.
-    beta: float32 blend factor in [0, beta_max).
-    mask_key: PRNG key of the Perlin gradients and the noise rotation.
-    texture_key: PRNG key of the augmenters' parameters.
+    beta: float32 blend factor in [0, beta_max) (0 without random_opacity).
+    mask_key: PRNG key of the mask (Perlin gradients and rotation, or the rectangles).
+    texture_key: PRNG key of the augmenters' parameters (or of the colour).
   """
   rotated: jax.Array
   angle: jax.Array
@@ -236,7 +264,7 @@ def _draw(key: jax.Array, c: SimulatorConfig) -> SampleDraws:
       anomaly_branch=u[2] < c.anomaly_prob,
       perlin_log2=(c.perlin_min_log2 + jnp.floor(u[3:5] * levels)).astype(jnp.int32),
       augmenters=augment.draw_augmenters(u[6:]),
-      beta=u[5] * c.beta_max,
+      beta=u[5] * c.beta_max if c.random_opacity else jnp.zeros((), jnp.float32),
       mask_key=k_mask,
       texture_key=k_texture)
 
@@ -257,9 +285,9 @@ def sample_draws(key: jax.Array, batch_size: int, cfg: Any) -> SampleDraws:
 
 
 def _mask_one(draws: SampleDraws, shape: tuple[int, int], c: SimulatorConfig) -> jax.Array:
-  """The sample's mask: the Perlin mask in the anomaly branch, zeros otherwise."""
+  """The sample's mask: the anomaly mask in the anomaly branch, zeros otherwise."""
   return jax.lax.cond(draws.anomaly_branch,
-                      lambda: perlin_mask(draws.mask_key, draws.perlin_log2, shape, c),
+                      lambda: anomaly_mask(draws.mask_key, draws.perlin_log2, shape, c),
                       lambda: jnp.zeros((*shape, 1), jnp.float32))
 
 
@@ -283,14 +311,28 @@ def _anomaly(target: jax.Array, texture: jax.Array, d: SampleDraws, c: Simulator
     augmented (H, W, 3) float32 in [0, 1], mask (H, W, 1) float32 in {0, 1}, augmented
     texture (H, W, 3) float32 0..255.
   """
-  mask = perlin_mask(d.mask_key, d.perlin_log2, target.shape[:2], c)
-  texture = augment.augment_texture(d.texture_key, _to_byte_range(texture), d.augmenters,
-                                    c.texture_rotate_max_deg)
+  mask = anomaly_mask(d.mask_key, d.perlin_log2, target.shape[:2], c)
+  texture = _anomaly_source(texture, d, c)
   source = texture / 255.0
   # The clip keeps the blend's float rounding inside [0, 1].
   augmented = jnp.clip(target * (1.0 - mask) + (1.0 - d.beta) * source * mask +
                        d.beta * target * mask, 0.0, 1.0)
   return augmented, mask, texture
+
+
+def _anomaly_source(texture: jax.Array, d: SampleDraws, c: SimulatorConfig) -> jax.Array:
+  """The anomaly source A of one sample, (H, W, 3) float32 0..255 on the uint8 grid.
+
+  "textures": the texture after the drawn augmenters (or as read without augment_textures);
+  "color": one colour ~ U{0..255}^3 from the texture key, over the whole image.
+  """
+  if c.texture_source == "color":
+    colour = jnp.floor(jax.random.uniform(d.texture_key, (3,), jnp.float32) * 256.0)
+    return jnp.broadcast_to(jnp.minimum(colour, 255.0), texture.shape)
+  texture = _to_byte_range(texture)
+  if not c.augment_textures:
+    return texture
+  return augment.augment_texture(d.texture_key, texture, d.augmenters, c.texture_rotate_max_deg)
 
 
 def _simulate_one(d: SampleDraws, image: jax.Array, texture: jax.Array,

@@ -6,7 +6,9 @@ and `jax.jit` donates it. The model and the optimiser are static and live in clo
 Randomness (`run_keys`): one split of key(seed) gives the parameter key and the simulator's
 base key; the simulator's key for step s is `fold_in(simulator_key, s)`, a function of the
 config and the step only, so a resumed run draws exactly the anomalies an uninterrupted run
-would, on any number of devices.
+would, on any number of devices. With data.crop_size the step first cuts one crop per image,
+at positions drawn from `fold_in(step key, windows.CROP_SALT)`, and simulates the anomaly on the
+crop (the simulator's own key is unchanged).
 """
 
 from collections.abc import Callable, Mapping
@@ -21,6 +23,8 @@ from jax.sharding import Mesh
 
 from draem_jax.training import losses as losses_lib
 from draem_jax import models
+from draem_jax.data import pipeline
+from draem_jax.data import windows
 from draem_jax.training import parallel
 from draem_jax.errors import ConfigError
 
@@ -137,6 +141,22 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
+def simulated_inputs(config, simulate: Callable, step: jax.Array, batch: Batch):
+  """(target, augmented, mask, has_anomaly) of a raw {'image', 'texture'} batch at `step`.
+
+  The crops (data.crop_size) and the simulator's draws are functions of (train.seed, step)
+  only: the same for a resumed run and on any number of devices.
+  """
+  _, simulator_key = run_keys(config.train.seed)
+  key = jax.random.fold_in(simulator_key, step)
+  images = batch["image"]
+  crop_hw = pipeline.crop_hw(config)
+  if crop_hw is not None:
+    images = windows.random_crops(jax.random.fold_in(key, windows.CROP_SALT), images, crop_hw)
+  sim = simulate(key, images, batch["texture"], config.simulator)
+  return sim.target, sim.augmented, sim.mask, sim.has_anomaly
+
+
 def make_train_step(
     model: nn.Module, tx: optax.GradientTransformation, config,
     simulate: Callable | None = None,
@@ -144,24 +164,22 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds `train_step(state, batch) -> (state, metrics)` (not jitted; see `jit_train_step`).
 
-  The batch is either what the data pipeline delivers, {'image', 'texture'} as (B, H, W, 3)
-  uint8 (the anomaly simulator then runs on the device, keyed by (seed, step)), or an already
-  simulated {'target', 'augmented', 'mask'} (float32 in [0, 1], mask (B, H, W, 1)).
+  The batch is either what the data pipeline delivers, {'image': (B, H, W, 3), 'texture':
+  (B, h, w, 3)} uint8 (the anomaly simulator then runs on the device, keyed by (seed, step);
+  with data.crop_size the images are first cropped to (h, w) = the crop, drawn per sample from
+  the same key), or an already simulated {'target', 'augmented', 'mask'} (float32 in [0, 1],
+  mask (B, H, W, 1)).
 
   Metrics: the total loss and its terms l2, ssim (= 1 - SSIM) and focal, the learning rate of
   this update (when `learning_rate_fn` is given), and the fraction of samples that carry an
   anomaly.
   """
-  _, simulator_key = run_keys(config.train.seed)
-  sim_config = config.simulator
 
   def inputs_of(step, batch):
     if "texture" in batch:
       if simulate is None:
         raise ValueError("make_train_step(simulate=None) got a raw {'image', 'texture'} batch.")
-      key = jax.random.fold_in(simulator_key, step)
-      sim = simulate(key, batch["image"], batch["texture"], sim_config)
-      return sim.target, sim.augmented, sim.mask, sim.has_anomaly
+      return simulated_inputs(config, simulate, step, batch)
     mask = batch["mask"].astype(jnp.float32)
     has_anomaly = jnp.any(mask > 0, axis=tuple(range(1, mask.ndim))).astype(jnp.float32)
     return (batch["target"].astype(jnp.float32), batch["augmented"].astype(jnp.float32), mask,

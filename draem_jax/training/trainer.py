@@ -35,6 +35,7 @@ from draem_jax.evaluation import report
 from draem_jax.simulation import simulator
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
+from draem_jax.errors import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
@@ -178,20 +179,20 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
                                 require_test=config.train.eval_every_steps > 0)
   num_examples = data_lib.num_train_examples(config)
   total_steps = train_step_lib.num_train_steps(config.train, num_examples)
-  image_shape = (config.data.image_size, config.data.image_size)
+  image_shape = data_lib.train_input_hw(config)
 
   resumed_from = checkpointing.committed_steps(workdir / CHECKPOINT_DIR)
   resumed_from = resumed_from[-1] if resumed_from else None
   if (workdir / config_lib.CONFIG_FILE).is_file():
+    saved = config_lib.load_config(workdir)
     # Without a checkpoint nothing was trained yet: a changed config starts the run afresh.
-    changes = config_lib.check_resumable(config_lib.load_config(workdir), config, workdir,
+    changes = config_lib.check_resumable(saved, config, workdir,
                                          allow_change=allow_config_change
                                          or resumed_from is None)
     if changes and resumed_from is not None:
+      _check_same_state_shapes(saved, config, changes, workdir, resumed_from, mesh)
       logging.warning("Continuing from step %d with a changed config (--allow_config_change): "
                       "%s", resumed_from, changes)
-  if process_index == 0:
-    config_lib.save_config(config, workdir, step=resumed_from)
 
   model = models.create_model(config.model)
   tx = train_step_lib.make_optimizer(config.optim, total_steps)
@@ -210,6 +211,9 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
       abstract = train_step_lib.abstract_train_state(model, tx, image_shape, mesh)
       state = checkpointer.restore(abstract, train_iter, step=start_step)
       logging.info("Resuming from step %d.", start_step)
+    # Only now: config.json must describe a model that a checkpoint of the run matches.
+    if process_index == 0:
+      config_lib.save_config(config, workdir, step=resumed_from)
     local = config.train.batch_size // process_count
     logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
                  process_index, process_count, process_index * local,
@@ -245,6 +249,37 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
   finally:
     train_iter.close()
     checkpointer.close()
+
+
+def _state_shapes(config: ml_collections.ConfigDict, mesh) -> dict[str, tuple]:
+  """{leaf path: (shape, dtype)} of the train state `config` builds (no allocation)."""
+  model = models.create_model(config.model)
+  tx = train_step_lib.make_optimizer(config.optim, total_steps=1)
+  size = config.data.image_size
+  abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+  return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+
+
+def _check_same_state_shapes(saved: ml_collections.ConfigDict,
+                             config: ml_collections.ConfigDict, changes: dict,
+                             workdir: Path, step: int, mesh) -> None:
+  """Refuses, before anything is written, a changed config whose networks the run's
+  checkpoints cannot hold (e.g. another model.recon_width): --allow_config_change continues a
+  run, it cannot turn its parameters into other shapes."""
+  old, new = _state_shapes(saved, mesh), _state_shapes(config, mesh)
+  if old == new:
+    return
+  differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  example = differing[0]
+  listed = "; ".join(f"{field}: {a!r} -> {b!r}" for field, (a, b) in changes.items()
+                     if field.startswith("model."))
+  raise ConfigError(
+      f"checkpoint {step} in {workdir / CHECKPOINT_DIR} holds networks of other shapes than this "
+      f"config builds ({listed or 'changed fields: ' + ', '.join(changes)}; e.g. {example}: "
+      f"{old.get(example, '(absent)')} -> {new.get(example, '(absent)')}). "
+      "--allow_config_change continues a run only with networks of the same shapes: train "
+      "the changed model in a new --workdir. Nothing in the run was changed.")
 
 
 def _eval_scalars(result: dict[str, Any]) -> dict[str, float]:
