@@ -255,3 +255,29 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   config.data.validation_fraction = 0.5
   with pytest.raises(ConfigError, match="data.validation_fraction"):
     trainer.train_and_evaluate(config, workdir)
+
+
+def test_predict_console_puts_real_defects_before_synthetic_figures(tmp_path):
+  # With a labelled test split the run's evaluation measured the validation threshold on real
+  # defects: predict.py's console line gives those first, then the synthetic-split figures,
+  # labelled as such (format 2 keys, and format 1 keys of older thresholds.json files).
+  from draem_jax import inference
+  eval_dir = tmp_path / "eval" / "7"
+  eval_dir.mkdir(parents=True)
+  (eval_dir / "metrics.json").write_text(json.dumps(
+      {"validation_threshold": {"image_recall": 0.09, "image_fpr": 0.05}}))
+  for validation_block in ({"synthetic_image_auroc": 0.903, "synthetic_image": {"recall": 0.73}},
+                           {"image_auroc": 0.903, "image": {"recall": 0.73}}):
+    decided = {"image_threshold": 0.25, "pixel_threshold": 0.5,
+               "threshold_source": "validation split of train/good (f1, thresholds.json)",
+               "validated": {"validation": validation_block}}
+    text = inference.describe_thresholds(decided, tmp_path, 7)
+    assert "real defects at this threshold: recall 9.0%, false-positive rate 5.0%" in text
+    assert "synthetic anomalies: image AUROC 90.3%, recall 73.0%" in text
+    assert text.index("real defects") < text.index("synthetic anomalies")
+    assert "do not estimate the recall or AUROC on real defects" in text
+  # Without a validation split: the threshold and where it comes from only.
+  assert inference.describe_thresholds(
+      {"image_threshold": 0.5, "pixel_threshold": 0.5, "validated": None,
+       "threshold_source": "f1_max on the test split (evaluate.py)"}, tmp_path, 7) == \
+      "Image threshold 0.5: f1_max on the test split (evaluate.py)."
