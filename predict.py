@@ -38,17 +38,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    records, errors = inference.predict_images(_WORKDIR.value, _IMAGES.value, _OUT.value,
-                                               step=_CHECKPOINT.value,
-                                               threshold=_THRESHOLD.value,
-                                               write_overlays=_OVERLAYS.value,
-                                               sensitivity=_SENSITIVITY.value)
+    records = inference.predict_images(_WORKDIR.value, _IMAGES.value, _OUT.value,
+                                       step=_CHECKPOINT.value, threshold=_THRESHOLD.value,
+                                       write_overlays=_OVERLAYS.value,
+                                       sensitivity=_SENSITIVITY.value)
   except (ConfigError, DataError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(scoring.summary(records, errors, _OUT.value))
-  if errors:
+  print(scoring.summary(records, records.errors, _OUT.value))
+  if records.errors:
     sys.exit(1)
 
 

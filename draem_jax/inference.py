@@ -30,7 +30,6 @@ from draem_jax import scoring
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
 from draem_jax.data import images as images_lib
-from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -180,8 +179,16 @@ def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:
           if saved.get(k) is not None}
 
 
-def decision_thresholds(run: LoadedRun, workdir: str | os.PathLike) -> dict[str, Any]:
-  """The decision thresholds of checkpoint `run.step`: one rule for predict.py and export.py.
+def _source(validated: dict[str, Any] | None, found: dict[str, float]) -> str:
+  if validated is not None:
+    return f"validation split of train/good ({validated.get('method')}, thresholds.json)"
+  return ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
+          else "none: run evaluate.py or choose a threshold")
+
+
+def run_thresholds(run: LoadedRun, workdir: str | os.PathLike) -> dict[str, Any]:
+  """The decision thresholds of checkpoint `run.step`: one rule for predict.py (through
+  `decision_thresholds`) and export.py.
 
   1. The validation split's: the checkpoint's thresholds.json, chosen now (and written) if the
      run holds out a validation split and it is missing (an intermediate checkpoint, a run
@@ -200,34 +207,81 @@ def decision_thresholds(run: LoadedRun, workdir: str | os.PathLike) -> dict[str,
   if validated is not None:
     return {"image_threshold": float(validated["image_threshold"]),
             "pixel_threshold": float(validated["pixel_threshold"]),
-            "threshold_source": f"validation split of train/good ({validated.get('method')}, "
-                                "thresholds.json)",
-            "validated": validated}
+            "threshold_source": _source(validated, {}), "validated": validated}
   found = eval_thresholds(workdir, run.step)
   return {"image_threshold": found.get("f1_threshold"),
           "pixel_threshold": found.get("pixel_f1_threshold", 0.5),
-          "threshold_source": ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
-                               else "none: run evaluate.py or choose a threshold"),
-          "validated": None}
+          "threshold_source": _source(None, found), "validated": None}
 
 
-def describe_thresholds(decided: dict[str, Any], workdir: Path, step: int) -> str:
+def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None = None,
+                        sensitivity: float | None = None
+                        ) -> tuple[float, float, dict[str, Any] | None]:
+  """The image and pixel thresholds that predict.py decides with, and the validation statistics.
+
+  The image threshold is `threshold`; else that of `run_thresholds` (as export.py's), the
+  validation split's moved by `sensitivity` (default: the one it was chosen with).
+
+  Returns:
+    (image threshold, pixel threshold, the validation thresholds with their min-max statistics
+    for `validation.normalize`, or None without a validation split).
+
+  Raises:
+    ConfigError: no threshold at all, or --sensitivity without a validation split.
+  """
+  decided = run_thresholds(run, workdir)
+  chosen = decided["validated"]
+  if chosen is not None:
+    if sensitivity is not None:
+      chosen = validation.with_sensitivity(chosen, sensitivity)
+    if threshold is not None:  # A raw threshold given by hand: normalise around it.
+      chosen = dict(chosen, image_threshold=float(threshold))
+    return float(chosen["image_threshold"]), float(chosen["pixel_threshold"]), chosen
+  if sensitivity is not None:
+    raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
+                      "has none (data.validation_fraction=0); pass --threshold instead.")
+  if threshold is None:
+    if decided["image_threshold"] is None:
+      raise ConfigError(
+          f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
+          f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
+          "F1-max threshold on the test split), or pass --threshold, or train with "
+          "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
+    threshold = decided["image_threshold"]
+  return float(threshold), float(decided["pixel_threshold"]), None
+
+
+def threshold_source(chosen: dict[str, Any] | None, threshold: float | None,
+                     sensitivity: float | None) -> str:
+  """Where `decision_thresholds`' image threshold came from, in words."""
+  if threshold is not None:
+    return "given by hand (--threshold)"
+  if chosen is not None and sensitivity is not None:
+    return _source(chosen, {}) + f", moved by --sensitivity={sensitivity:g}"
+  return _source(chosen, {"f1_threshold": 0.0})
+
+
+def describe_thresholds(metadata: dict[str, Any], workdir: Path) -> str:
   """What the decision threshold is and what is known of it, for predict.py's console: the
   real defects of the test split first (if the run's evaluation measured them at this
-  threshold), then the validation split's figures, labelled as synthetic."""
-  if decided["image_threshold"] is None:
-    return "No decision threshold was found for this checkpoint."
-  lines = [f"Image threshold {decided['image_threshold']:.4g}: {decided['threshold_source']}."]
-  validated = decided["validated"]
-  if validated is None:
+  threshold), then the validation split's figures, labelled as synthetic.
+
+  Args:
+    metadata: a `Detector.from_workdir`'s metadata (image_threshold, threshold_source,
+      checkpoint_step and, for the validation split's own threshold, its 'validation' block).
+    workdir: the run's folder.
+  """
+  lines = [f"Image threshold {metadata['image_threshold']:.4g}: "
+           f"{metadata['threshold_source']}."]
+  val = metadata.get("validation")
+  if not val:
     return lines[0]
-  path = workdir / EVAL_DIR / str(step) / evaluator.METRICS_FILE
+  path = workdir / EVAL_DIR / str(metadata["checkpoint_step"]) / evaluator.METRICS_FILE
   real = json.loads(path.read_text()).get("validation_threshold") if path.is_file() else None
   if real:
     lines.append(f"  On the test split's real defects at this threshold: recall "
                  f"{_percent(real.get('image_recall'))}, false-positive rate "
                  f"{_percent(real.get('image_fpr'))} ({path}).")
-  val = validated.get("validation") or {}
   at = val.get("synthetic_image", val.get("image")) or {}
   auroc = val.get("synthetic_image_auroc", val.get("image_auroc"))
   lines.append(f"  On the validation split's synthetic anomalies: image AUROC {_percent(auroc)}, "
@@ -242,70 +296,30 @@ def _percent(value) -> str:
 def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
                    step: int | None = None, threshold: float | None = None,
                    write_overlays: bool = True,
-                   sensitivity: float | None = None
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-  """Scores images of any size (RGB or grayscale) with a trained run.
+                   sensitivity: float | None = None) -> scoring.Scored:
+  """Scores images of any size (RGB or grayscale) with a trained run (`draem_jax.Detector`).
 
   Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
   resolution), `scores.csv` (as batches are scored) and `scores.json`; files that cannot be
   read are skipped and listed in `errors.csv` (`draem_jax.scoring`). An image is called
-  anomalous when its raw score is >= the threshold: `threshold`; else that of
-  `decision_thresholds` (as export.py), the validation split's moved by `sensitivity`
-  (default: the one it was chosen with). With validation statistics each record also has
-  `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
+  anomalous when its raw score is >= the threshold of `decision_thresholds` (export.py's
+  rule, or `threshold`, or moved by `sensitivity`). With validation statistics each record
+  also has `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
 
   Returns:
-    (records, errors): one record per readable image: file, score (raw), normalized_score
-    (None without validation statistics), threshold (raw), anomalous; one {'file', 'error'}
-    per file that could not be read.
+    One record per readable image (file, score (raw), normalized_score (None without
+    validation statistics), threshold (raw), anomalous), as a list whose `errors` attribute
+    holds one {'file', 'error'} per file that could not be read.
   """
+  from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
   workdir = Path(workdir).expanduser()
-  out_dir = scoring.check_out_dir(out_dir)
+  out_dir = scoring.check_out_dir(out_dir)  # Before the model loads.
   paths = find_images(images)
-  run = load_run(workdir, step)
-  decided = decision_thresholds(run, workdir)
-  chosen = decided["validated"]
-  if chosen is not None:
-    if sensitivity is not None:
-      chosen = validation.with_sensitivity(chosen, sensitivity)
-    if threshold is not None:  # A raw threshold given by hand: normalise around it.
-      chosen = dict(chosen, image_threshold=float(threshold))
-    threshold = chosen["image_threshold"]
-    pixel_threshold = chosen["pixel_threshold"]
-  else:
-    if sensitivity is not None:
-      raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
-                        "has none (data.validation_fraction=0); pass --threshold instead.")
-    if threshold is None:
-      if decided["image_threshold"] is None:
-        raise ConfigError(
-            f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
-            f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
-            "F1-max threshold on the test split), or pass --threshold, or train with "
-            "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
-      threshold = decided["image_threshold"]
-    pixel_threshold = decided["pixel_threshold"]
+  detector = Detector.from_workdir(workdir, step, threshold=threshold, sensitivity=sensitivity)
   if jax.process_index() == 0:
-    print(describe_thresholds(decided, workdir, run.step)
-          if threshold == decided["image_threshold"]
-          else f"Image threshold {threshold:.4g} (--threshold or --sensitivity).")
-  config = run.config
-  # eval.batch_size rounded up to fill every device; the last batch is padded with zeros.
-  batch_size = padding.padded_batch_size(config.eval.batch_size, run.mesh.devices.size)
-  predict = evaluator.jit_predict_fn(
-      evaluator.predict_fn_for(run.model, config.eval), run.mesh)
-
-  def predict_batch(batch):
-    return predict(run.variables, parallel.global_batch({"image": batch}, run.mesh)["image"])
-
-  def normalize(score):
-    return None if chosen is None else float(validation.normalize(chosen, np.float64(score)))
-
-  records, errors = scoring.score_files(
-      paths, predict_batch, out_dir, size=config.data.image_size, batch_size=batch_size,
-      pad=True, threshold=float(threshold), pixel_threshold=pixel_threshold,
-      normalize=normalize, write_overlays=write_overlays,
-      progress=lambda starts: tqdm(starts, desc="scoring", unit="batch"))
+    print(describe_thresholds(detector.metadata, workdir))
+  records = scoring.score_files(detector, paths, out_dir, write_overlays=write_overlays,
+                                progress=lambda s: tqdm(s, desc="scoring", unit="batch"))
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
-               sum(r["anomalous"] for r in records), threshold, out_dir)
-  return records, errors
+               sum(r["anomalous"] for r in records), detector.threshold, out_dir)
+  return records

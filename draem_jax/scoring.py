@@ -1,8 +1,9 @@
 """Scoring image files in batches: the loop that predict.py and the ONNX runner share.
 
-It needs no JAX (the runner imports it): the model is a function on a batch of images. Files
-are read, resized to the model's input size and scored `batch_size` at a time; a file that
-cannot be read is skipped and recorded in `errors.csv` (file, error) while the rest are scored.
+It needs no JAX (the runner imports it): the model is a `draem_jax.Detector` of either backend.
+Files are read and prepared (`Detector.prepare`), scored `Detector.batch_size` at a time
+(`Detector.infer`, which pads a fixed batch) and turned into `Prediction`s; a file that cannot
+be read is skipped and recorded in `errors.csv` (file, error) while the rest are scored.
 Scores are written as they come: `scores.csv` grows by one flushed block of rows per batch
 (an interrupted run keeps what it scored), and `scores.json` is written when all are done.
 """
@@ -16,15 +17,20 @@ from typing import Any
 import numpy as np
 
 from draem_jax import fileio
-from draem_jax import image_io
 from draem_jax.errors import ConfigError, DataError
 from draem_jax.evaluation import visualize
 
 ERRORS_FILE = "errors.csv"
 ERROR_COLUMNS = ("file", "error")
 
-# A batch of uint8 (B, H, W, 3) RGB images -> (maps (B, H, W), scores (B,)).
-BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class Scored(list):
+  """The records of the images scored, in input order; `errors` lists the unreadable files."""
+
+  def __init__(self, records=(), errors=()):
+    super().__init__(records)
+    self.errors: list[dict[str, str]] = list(errors)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -83,74 +89,46 @@ class ScoreLog:
     fileio.atomic_write_json(self.out_dir / fileio.SCORES_JSON, self.records)
 
 
-def _read(path: Path, log: ScoreLog) -> np.ndarray | None:
-  """The image at `path` as uint8 RGB, or None (recorded in errors.csv) if it cannot be read."""
-  try:
-    return image_io.load_image(path)
-  except (DataError, OSError, ValueError) as e:
-    log.error(path, str(e))
-    return None
-
-
-def score_files(paths: Sequence[Path], predict: BatchFn, out_dir: str | os.PathLike, *,
-                size: int | tuple[int, int], batch_size: int, pad: bool, threshold: float,
-                pixel_threshold: float, normalize: Callable[[float], float | None],
-                write_overlays: bool = True, progress: Callable | None = None
-                ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def score_files(detector, paths: Sequence[Path], out_dir: str | os.PathLike, *,
+                write_overlays: bool = True, progress: Callable | None = None) -> Scored:
   """Scores image files of any size; writes overlays, scores.csv, scores.json (and errors.csv).
 
   Args:
+    detector: a `draem_jax.Detector` (its prepare, infer and result steps, and batch_size).
     paths: the image files.
-    predict: the model on a uint8 (B, H, W, 3) batch (`BatchFn`).
     out_dir: the output folder (created).
-    size: the model's input side, or (H, W).
-    batch_size: images per call of `predict`.
-    pad: fill every batch up to `batch_size` (zero images, outputs dropped): models with a
-      fixed batch dimension.
-    threshold: the image decision threshold (anomalous when score >= threshold).
-    pixel_threshold: the overlays' mask threshold.
-    normalize: raw score -> normalised score (None without validation statistics).
     write_overlays: one PNG per image (image | heatmap overlay | predicted mask at the image's
       own resolution).
     progress: wraps the iterable of batch starts (e.g. tqdm), or None.
 
   Returns:
-    (records, errors): one record per readable image in input order (file, score,
-    normalized_score, threshold, anomalous); one {'file', 'error'} per unreadable file.
+    One record per readable image in input order (file, score, normalized_score, threshold,
+    anomalous); `.errors`: one {'file', 'error'} per unreadable file.
   """
   out_dir = Path(out_dir)
   names = output_names(paths)
   log = ScoreLog(out_dir)
   try:
-    starts = range(0, len(paths), batch_size)
+    starts = range(0, len(paths), detector.batch_size)
     for start in (progress(starts) if progress else starts):
-      chunk = [(i, p, _read(p, log)) for i, p in enumerate(paths[start:start + batch_size],
-                                                            start)]
-      chunk = [c for c in chunk if c[2] is not None]
-      if not chunk:
+      ready = []  # (index, path, image at its own size, model input)
+      for i, path in enumerate(paths[start:start + detector.batch_size], start):
+        try:
+          ready.append((i, path, *detector.prepare(path)))
+        except (DataError, OSError) as e:
+          log.error(path, str(e))
+      if not ready:
         continue
-      batch = np.zeros((batch_size if pad else len(chunk), *image_io.size_hw(size), 3),
-                       np.uint8)
-      for row, (_, _, image) in enumerate(chunk):
-        batch[row] = image_io.resize_bilinear(image, size)
-      maps, scores = (np.asarray(a) for a in predict(batch))
-      records = []
-      for row, (i, path, image) in enumerate(chunk):
-        score = float(scores[row])
-        anomalous = bool(score >= threshold)
-        records.append({"file": str(path), "score": score, "normalized_score": normalize(score),
-                        "threshold": float(threshold), "anomalous": anomalous})
-        if write_overlays:
-          full_map = image_io.resize_bilinear(maps[row].astype(np.float32), image.shape[:2])
-          picture = visualize.panel(
-              image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
-              title=f"{path.name}  score {score:.3f}  "
-                    f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
-          visualize.save_png(out_dir / names[i], picture)
-      log.add(records)
+      maps, scores = detector.infer(np.stack([r[3] for r in ready]))
+      results = [detector.result(image, m, s, os.fspath(path))
+                 for (_, path, image, _), m, s in zip(ready, maps, scores)]
+      if write_overlays:
+        for (i, _, _, _), result in zip(ready, results):
+          visualize.save_png(out_dir / names[i], result.panel())
+      log.add([r.record() for r in results])
   finally:
     log.close()
-  return log.records, log.errors
+  return Scored(log.records, log.errors)
 
 
 def summary(records: list[dict[str, Any]], errors: list[dict[str, str]], out_dir) -> str:

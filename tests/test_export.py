@@ -12,23 +12,10 @@ from draem_jax import config_lib
 from draem_jax.evaluation import evaluator
 from draem_jax.deployment import export
 from draem_jax import inference
-from draem_jax.training import trainer
 from draem_jax.data import images as images_lib
 
 BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
-# Enough steps for scores that differ between images (after 2 they agree to 1e-7).
-STEPS = 30
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("export_run")
-  config = helpers.tiny_config()
-  config.train.num_steps = STEPS
-  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config.eval.write_overlays = False
-  trainer.train_and_evaluate(config, workdir)
-  return workdir
+STEPS = helpers.TRAINED_STEPS  # conftest's `trained_workdir`.
 
 
 def _bottle_batch(size, names):
@@ -60,13 +47,14 @@ def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
     np.testing.assert_allclose(jscores, want_scores, atol=1e-4, rtol=0)
   # The runner scores a dynamic-batch model --batch_size images per session call.
   from draem_jax.deployment import runner
-  model = runner.Model(paths["onnx"])
+  from draem_jax.detector import Detector
+  detector = Detector.from_onnx(paths["onnx"], batch_size=2)
   calls = []
-  run = model.session.run
-  model.session.run = lambda names, feeds: calls.append(len(feeds["image"])) or run(names, feeds)
+  infer = detector._infer  # pylint: disable=protected-access
+  detector._infer = lambda batch: calls.append(len(batch)) or infer(batch)
   files = [BOTTLE / "test" / "broken_large" / f"00{i}.png" for i in range(5)]
-  records, errors = runner.score_images(model, files, tmp_path / "dep", False, batch_size=2)
-  assert calls == [2, 2, 1] and not errors
+  records = runner.score_images(detector, files, tmp_path / "dep", False)
+  assert calls == [2, 2, 1] and not records.errors
   x = np.stack([images_lib.load_image(p, 32) for p in files]).astype(np.float32) / 255.0
   np.testing.assert_allclose([r["score"] for r in records], session.run(None, {"image": x})[1],
                              atol=1e-6, rtol=0)
@@ -229,17 +217,6 @@ def test_export_errors(tmp_path):
     export.export_run(tmp_path, int8=True, calibration_images=0)
 
 
-def _copy_with_validation_stats(workdir, dest):
-  """A copy of the run whose checkpoint has a (hand-written) validation thresholds.json, so
-  that predict.py and the runner both report `normalized_score`."""
-  import shutil
-  shutil.copytree(workdir, dest)
-  (dest / "eval" / str(STEPS) / "thresholds.json").write_text(json.dumps({
-      "method": "f1", "image_threshold": 0.5, "pixel_threshold": 0.5, "image_min": 0.25,
-      "image_max": 0.75, "pixel_min": 0.0, "pixel_max": 1.0}))
-  return dest
-
-
 def _threshold_between(scores):
   """The midpoint of the widest gap between sorted scores: a threshold no score is near."""
   s = np.sort(np.asarray(scores, np.float64))
@@ -256,7 +233,7 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   import subprocess
   import sys
   from draem_jax.deployment import runner
-  workdir = _copy_with_validation_stats(trained_workdir, tmp_path / "run")
+  workdir = helpers.copy_with_validation_stats(trained_workdir, tmp_path / "run")
   paths = export.export_run(workdir, tmp_path / "m.onnx", batch=4)
   assert json.loads(paths["metadata"].read_text())["normalization"]["image_max"] == 0.75
   inputs = tmp_path / "inputs"
@@ -266,10 +243,10 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   (inputs / "002b.png").write_bytes(b"not a PNG")  # Sorted between the readable ones.
   for name in ("000.png", "001.png"):
     (inputs / f"good{name}").write_bytes((BOTTLE / "test" / "good" / name).read_bytes())
-  first, errors = inference.predict_images(workdir, str(inputs), tmp_path / "pred0",
-                                           write_overlays=False)
-  assert [e["file"] for e in errors] == [str(inputs / "002b.png")] and len(first) == 6
-  assert "Cannot read image" in errors[0]["error"]
+  first = inference.predict_images(workdir, str(inputs), tmp_path / "pred0",
+                                   write_overlays=False)
+  assert [e["file"] for e in first.errors] == [str(inputs / "002b.png")] and len(first) == 6
+  assert "Cannot read image" in first.errors[0]["error"]
   # A threshold between the scores: some images on each side, none within rounding of it.
   threshold = _threshold_between([r["score"] for r in first])
   inference.predict_images(workdir, str(inputs), tmp_path / "pred", threshold=threshold,
@@ -304,7 +281,10 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
     model(np.zeros((1, 64, 64, 3), np.float32))
   with pytest.raises(runner.DataError, match="must be"):
     model(np.zeros((1, 32, 32, 1), np.float32))
-  assert model.fixed_batch == 4
+  # A fixed batch of 4: the detector pads 6 images to two calls of 4 (checked above: same
+  # scores as predict.py).
+  from draem_jax.detector import Detector
+  assert Detector.from_onnx(paths["onnx"]).batch_size == 4
   corrupt = tmp_path / "corrupt.onnx"
   corrupt.write_bytes(paths["onnx"].read_bytes()[:1000])
   corrupt.with_suffix(".json").write_text(paths["metadata"].read_text())
@@ -357,10 +337,9 @@ def test_export_and_predict_choose_the_same_thresholds_without_thresholds_json(
   f1 = json.loads((eval_dir / "metrics.json").read_text())["f1_threshold"]
   assert meta["image_threshold"] != f1
   run = inference.load_run(workdir)
-  decided = inference.decision_thresholds(run, workdir)
-  assert decided["image_threshold"] == meta["image_threshold"]
-  records, _ = inference.predict_images(workdir, str(BOTTLE / "test" / "good" / "000.png"),
-                                        tmp_path / "pred", write_overlays=False)
+  assert inference.run_thresholds(run, workdir)["image_threshold"] == meta["image_threshold"]
+  records = inference.predict_images(workdir, str(BOTTLE / "test" / "good" / "000.png"),
+                                     tmp_path / "pred", write_overlays=False)
   assert records[0]["threshold"] == meta["image_threshold"]
 
 

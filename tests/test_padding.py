@@ -108,8 +108,8 @@ def test_item1_predict_of_any_batch_size_on_four_devices(untrained, tmp_path):
   images.mkdir()
   for f in files[:5]:
     (images / f.name).write_bytes(f.read_bytes())
-  records, _ = inference.predict_images(workdir, str(images), tmp_path / "out", threshold=0.5,
-                                        write_overlays=False)
+  records = inference.predict_images(workdir, str(images), tmp_path / "out", threshold=0.5,
+                                     write_overlays=False)
   assert [r["file"] for r in records] == [str(images / f.name) for f in files[:5]]
   batch = np.zeros((8, 32, 32, 3), np.uint8)
   batch[:5] = [images_lib.resize_bilinear(images_lib.load_image(f), 32) for f in files[:5]]

@@ -38,7 +38,7 @@ CALIBRATION_IMAGES = 64
 
 
 def deploy_thresholds(decided: dict[str, Any]) -> dict[str, Any]:
-  """The metadata fields of the decision thresholds `inference.decision_thresholds` chose
+  """The metadata fields of the decision thresholds `inference.run_thresholds` chose
   (the same rule as predict.py's).
 
   Returns:
@@ -94,6 +94,13 @@ def _batch_dim(batch: int | str) -> int | str:
   if value <= 0:
     raise ConfigError(f"--batch={batch!r} must be a positive integer or 'dynamic'.")
   return value
+
+
+_MAP_MEANING = {
+    "draem": "float32 (N, H, W), probability of the anomalous class",
+    "disc_only": "float32 (N, H, W), probability of the anomalous class",
+    "recon_ae": "float32 (N, H, W), 1 - SSIM(image, reconstruction), mean over channels",
+}  # What the anomaly map is, per model.variant.
 
 
 def num_recon_convs(variables) -> int:
@@ -172,10 +179,17 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
     raise ConfigError(f"--calibration_images={calibration_images}: the 8-bit model needs at "
                       "least 1 training image (default 64).")
   run = inference.load_run(workdir, step)
+  model_config = run.config.model
+  if int8 and (model_config.get("variant", "draem") != "draem"
+               or model_config.get("sspcab", False)):
+    raise ConfigError(f"--int8 quantizes DRAEM's two networks as trained with the default "
+                      f"model; {workdir} is a model.variant={model_config.get('variant')!r} / "
+                      f"model.sspcab={model_config.get('sspcab', False)} run: export it without "
+                      "--int8 (the float ONNX model).")
   # Read before anything is written: the 8-bit model needs the training images.
   calibration = _calibration_images(run.config, calibration_images) if int8 else None
   # predict.py's rule (chosen on the validation split now if the checkpoint has none yet).
-  decided = inference.decision_thresholds(run, workdir)
+  decided = inference.run_thresholds(run, workdir)
   size = int(run.config.data.image_size)
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
   created = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
@@ -227,13 +241,14 @@ def _write_export(run: inference.LoadedRun, workdir: Path, out: Path, batch_dim:
                 "dtype": "float32", "layout": "NHWC", "channel_order": "RGB",
                 "value_range": [0.0, 1.0],
                 "resize": "bilinear, half-pixel centres, no antialiasing (OpenCV INTER_LINEAR)"},
-      "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
+      "outputs": {"anomaly_map": _MAP_MEANING[run.config.model.get("variant", "draem")],
                   "score": f"float32 (N,), image score '{kind}'"
                            + (f" (mean filter {filter_size}x{filter_size})" if kind != "p99"
                               else " (99th percentile of the map)")},
       "image_size": size,
       "mean_filter_size": filter_size,
       "image_score": kind,
+      "model_variant": str(run.config.model.get("variant", "draem")),
       # The network computes in float32 whatever the run's model.dtype (`make_inference_fn`).
       "compute_dtype": "float32",
       "trained_dtype": str(run.config.model.get("dtype", "float32")),

@@ -5,11 +5,12 @@
 
 Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
 the training images were, scores them B at a time (a model exported with a fixed batch
---batch N takes batches of N, the last one padded) and writes what predict.py writes
-(`draem_jax.scoring`): `scores.csv` (growing as batches are scored), `scores.json` and one
-overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
-resolution). Files that cannot be read are listed in `errors.csv` and the others scored; the
-exit status is then 1. Imports no JAX module (tests check `sys.modules`).
+--batch N takes batches of N, the last one padded) and writes what predict.py writes:
+`scores.csv` (growing as batches are scored), `scores.json` and one overlay PNG per image
+(image | heatmap overlay | predicted mask, at the image's own resolution); both are the loop of
+`draem_jax.scoring` over a `draem_jax.Detector`. Files that cannot be read are listed in
+`errors.csv` and the others scored; the exit status is then 1. Imports no JAX module (tests
+check `sys.modules`).
 """
 
 import argparse
@@ -30,7 +31,7 @@ find_images = image_io.find_images
 class Model:
   """An exported model: the onnxruntime session and its metadata JSON."""
 
-  def __init__(self, path: str | Path, threshold: float | None = None):
+  def __init__(self, path: str | Path, threshold: float | None = None, session_options=None):
     import onnxruntime as ort  # pylint: disable=g-import-not-at-top
     path = Path(path)
     meta_path = path.with_suffix(".json")
@@ -45,7 +46,8 @@ class Model:
       raise DataError(f"{meta_path} is not the metadata export.py writes ({e!r}); export the "
                       "model again with export.py, which writes it beside the ONNX file.") from e
     try:
-      self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+      self.session = ort.InferenceSession(str(path), session_options,
+                                          providers=["CPUExecutionProvider"])
     except Exception as e:  # pylint: disable=broad-except  # onnxruntime's own error types.
       raise DataError(f"--model {path} is not a readable ONNX model ({e}); export it again "
                       "with export.py.") from e
@@ -56,9 +58,6 @@ class Model:
     self.pixel_threshold = float(self.meta.get("pixel_threshold", 0.5))
     # Min-max statistics of the validation split (export of a run that has one), else None.
     self.normalization = self.meta.get("normalization") or None
-    # The batch size of a model exported with --batch N, else None (any batch size).
-    dim = self.session.get_inputs()[0].shape[0]
-    self.fixed_batch = dim if isinstance(dim, int) else None
 
   def normalized(self, score: float) -> float | None:
     """The score with the threshold at 0.5, as predict.py's `normalized_score` (None without
@@ -69,36 +68,20 @@ class Model:
     return float(np.clip((score - self.threshold) / span + 0.5, 0.0, 1.0))
 
   def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,), for any N."""
+    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,) (N: the model's fixed
+    batch if it was exported with one; `draem_jax.Detector` pads to it)."""
     if batch.ndim != 4 or batch.shape[1:] != (self.size, self.size, 3):
       raise DataError(f"images must be (N, {self.size}, {self.size}, 3) RGB, got "
                       f"{batch.shape}; resize with draem_jax.image_io.resize_bilinear.")
-    batch = batch.astype(np.float32)
-    if self.fixed_batch is None:
-      return tuple(self.session.run(None, {"image": batch}))
-    # A model exported with --batch N: batches of N, the last one padded with zero images
-    # whose outputs are dropped.
-    maps, scores = [], []
-    for start in range(0, len(batch), self.fixed_batch):
-      x = batch[start:start + self.fixed_batch]
-      n = len(x)
-      x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
-      m, s = self.session.run(None, {"image": x})
-      maps.append(m[:n])
-      scores.append(s[:n])
-    return np.concatenate(maps), np.concatenate(scores)
+    maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
+    return maps, scores
 
 
-def score_images(model: Model, paths: list[Path], out_dir: Path,
-                 write_overlays: bool = True, batch_size: int = 8
-                 ) -> tuple[list[dict], list[dict]]:
-  """Scores `paths` in batches (`scoring.score_files`): of `batch_size`, or of the model's fixed
-  batch, padded. Returns (records, errors) as predict.py."""
-  return scoring.score_files(
-      paths, lambda batch: model(batch.astype(np.float32) / 255.0), out_dir, size=model.size,
-      batch_size=model.fixed_batch or batch_size, pad=False,
-      threshold=model.threshold, pixel_threshold=model.pixel_threshold,
-      normalize=model.normalized, write_overlays=write_overlays)
+def score_images(detector, paths: list[Path], out_dir: Path,
+                 write_overlays: bool = True) -> scoring.Scored:
+  """Scores `paths` with a `draem_jax.Detector` in its batches (`scoring.score_files`); writes
+  overlays, scores.csv, scores.json and errors.csv like predict.py."""
+  return scoring.score_files(detector, paths, out_dir, write_overlays=write_overlays)
 
 
 def main(argv=None) -> int:
@@ -115,16 +98,16 @@ def main(argv=None) -> int:
   try:
     if args.batch_size < 1:
       raise ConfigError(f"--batch_size={args.batch_size} must be at least 1.")
-    out_dir = scoring.check_out_dir(args.out)
+    out_dir = scoring.check_out_dir(args.out)  # Before the model loads.
     paths = find_images(args.images)
-    model = Model(args.model, args.threshold)
-    records, errors = score_images(model, paths, out_dir, not args.no_overlays,
-                                   args.batch_size)
+    from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
+    detector = Detector.from_onnx(args.model, args.threshold, batch_size=args.batch_size)
+    records = score_images(detector, paths, out_dir, not args.no_overlays)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(scoring.summary(records, errors, out_dir))
-  return 1 if errors else 0
+  print(scoring.summary(records, records.errors, out_dir))
+  return 1 if records.errors else 0
 
 
 if __name__ == "__main__":
