@@ -1,10 +1,11 @@
 """The training job: `train_and_evaluate(config, workdir)`.
 
-A run lives in its workdir: config.json, metrics.jsonl, tensorboard/, checkpoints/ and
-eval/<step>/. Starting it again with the same workdir resumes from the newest checkpoint with
-the exact state, data position and simulator draws, so a run killed at any moment (preempted
-TPU VM, SIGKILL, power loss) continues as if it had never stopped. SIGTERM saves a checkpoint
-at the current step before the process exits.
+A run lives in its workdir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
+eval/<step>/ and, with a validation split, validation_files.json. Starting it again with the
+same workdir resumes from the newest checkpoint with the exact state, data position and
+simulator draws, so a run killed at any moment (preempted TPU VM, SIGKILL, power loss)
+continues as if it had never stopped. SIGTERM saves a checkpoint at the current step before
+the process exits.
 """
 
 import json
