@@ -58,8 +58,8 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> LoadedRun:
     mesh = parallel.make_mesh()
     model = models.create_model(config.model)
     tx = train_step_lib.make_optimizer(config.optim, total_steps=1)  # Structure only.
-    size = config.data.image_size
-    abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+    abstract = train_step_lib.abstract_train_state(model, tx, data_lib.train_input_hw(config),
+                                                   mesh)
     state = checkpointer.restore(abstract, step=step)
   finally:
     checkpointer.close()
@@ -236,7 +236,7 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
       threshold = found["f1_threshold"]
     pixel_threshold = found.get("pixel_f1_threshold", 0.5)
   config = run.config
-  size = config.data.image_size
+  pre = data_lib.preprocess(config)
   # eval.batch_size rounded up to fill every device; the last batch is padded with zeros.
   batch_size = padding.padded_batch_size(config.eval.batch_size, run.mesh.devices.size)
   predict = evaluator.jit_predict_fn(
@@ -250,7 +250,7 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
     start = int(rows[0])
     chunk = [paths[i] for i in rows[rows >= 0]]
     originals = [data_lib.load_image(p) for p in chunk]
-    resized = np.stack([images_lib.resize_bilinear(image, size) for image in originals])
+    resized = np.stack([pre.image(image) for image in originals])
     # Pad rows past the last image are zeros; the loop below reads only the real rows.
     batch = padding.take_rows(resized, np.where(rows >= 0, rows - start, -1))
     maps, scores = predict(run.variables,
@@ -264,7 +264,7 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
       records.append({"file": str(path), "score": score, "normalized_score": normalized,
                       "threshold": float(threshold), "anomalous": anomalous})
       if write_overlays:
-        full_map = images_lib.resize_bilinear(maps[i].astype(np.float32), image.shape[:2])
+        full_map = pre.map_back(maps[i].astype(np.float32), image.shape[:2])
         picture = visualize.panel(
             image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
             title=f"{path.name}  score {score:.3f}  "

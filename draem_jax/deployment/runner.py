@@ -3,9 +3,9 @@
   python -m draem_jax.deployment.runner --model model.onnx --images 'parts/*.png' --out predictions/
 
 Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
-the training images were, and writes what predict.py writes: `scores.csv`, `scores.json` and
-one overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
-resolution). Imports no JAX module (tests check `sys.modules`).
+the training images were (`image_io.Preprocess`, the same code as training and predict.py),
+and writes what predict.py writes: `scores.csv`, `scores.json` and one overlay PNG per image
+(image | heatmap overlay | predicted mask, at the image's own resolution). Imports no JAX module (tests check `sys.modules`).
 """
 
 import argparse
@@ -41,7 +41,11 @@ class Model:
     except Exception as e:  # pylint: disable=broad-except  # onnxruntime's own error types.
       raise DataError(f"--model {path} is not a readable ONNX model ({e}); export it again "
                       "with export.py.") from e
-    self.size = int(self.meta["image_size"])
+    # Exports that predate the recorded preprocessing: a square side, stretched, no antialias.
+    self.preprocess = (image_io.Preprocess.from_metadata(self.meta["preprocess"])
+                       if "preprocess" in self.meta
+                       else image_io.Preprocess(image_io.size_hw(self.meta["image_size"])))
+    self.size = self.preprocess.size
     self.threshold = self.meta.get("image_threshold") if threshold is None else threshold
     if self.threshold is None:
       raise ConfigError(f"{meta_path} holds no image_threshold (evaluate.py was not run "
@@ -59,10 +63,10 @@ class Model:
     return float(np.clip((score - self.threshold) / span + 0.5, 0.0, 1.0))
 
   def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,)."""
-    if batch.ndim != 4 or batch.shape[1:] != (self.size, self.size, 3):
-      raise DataError(f"images must be (N, {self.size}, {self.size}, 3) RGB, got "
-                      f"{batch.shape}; resize with draem_jax.image_io.resize_bilinear.")
+    """(N, H, W, 3) float32 in [0, 1] -> maps (N, H, W), scores (N,)."""
+    if batch.ndim != 4 or batch.shape[1:] != (*self.size, 3):
+      raise DataError(f"images must be (N, {self.size[0]}, {self.size[1]}, 3) RGB, got "
+                      f"{batch.shape}; resize with Model.preprocess.image.")
     maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
     return maps, scores
 
@@ -73,7 +77,7 @@ def score_images(model: Model, paths: list[Path], out_dir: Path,
   records, seen = [], {}
   for path in paths:
     image = image_io.load_image(path)
-    x = image_io.resize_bilinear(image, model.size)[None].astype(np.float32) / 255.0
+    x = model.preprocess.image(image)[None].astype(np.float32) / 255.0
     maps, scores = model(x)
     score = float(scores[0])
     anomalous = bool(score >= model.threshold)
@@ -84,7 +88,7 @@ def score_images(model: Model, paths: list[Path], out_dir: Path,
       count = seen.get(path.stem, 0)
       seen[path.stem] = count + 1
       name = f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png"
-      full_map = image_io.resize_bilinear(maps[0].astype(np.float32), image.shape[:2])
+      full_map = model.preprocess.map_back(maps[0].astype(np.float32), image.shape[:2])
       picture = visualize.panel(
           image, np.clip(full_map, 0.0, 1.0), model.pixel_threshold,
           title=f"{path.name}  score {score:.3f}  "
