@@ -1,7 +1,8 @@
 """Trains DRAEM: `python train.py --config configs/mvtec.py[:category] [--workdir DIR]`.
 
-Config fields can be overridden, e.g. `--config.train.batch_size=16`. Running the same command
-again with the same workdir resumes the run from its newest checkpoint.
+A flag wrapper around `draem_jax.train` (draem_jax/api.py). Config fields can be overridden,
+e.g. `--config.train.batch_size=16`. Running the same command again with the same workdir
+resumes the run from its newest checkpoint.
 """
 
 import re
@@ -13,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from draem_jax import api
 from draem_jax.training import trainer
 from draem_jax.errors import ConfigError, DataError, DistributedError
 
@@ -95,7 +97,7 @@ def main(argv):
   workdir = _WORKDIR.value or f"workdirs/{config.data.category}"
   logging.info("workdir: %s", workdir)
   try:
-    trainer.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    api.train(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (ConfigError, DataError, DistributedError, trainer.TrainingDivergedError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

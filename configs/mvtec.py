@@ -86,6 +86,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "plain" (Flax/jax.numpy, autodiff) or "auto" (custom on CPU, plain elsewhere). Same
   # parameters and numbers; may change between restarts of a run.
   model.layer_impl = "auto"
+  # "draem", or the paper's ablations: "disc_only" (discriminative network alone, focal loss)
+  # or "recon_ae" (reconstructive network alone, l2 + SSIM; map = 1 - SSIM(input, rec)).
+  model.variant = "draem"
+  model.sspcab = False  # SSPCAB (Ristea et al. 2022) as the reconstructive encoder's last block.
+  model.sspcab_lambda = 0.1  # Weight of SSPCAB's own loss, MSE(block input, block output).
 
   # --- optimisation (DRAEM_SPEC section 3) --------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()

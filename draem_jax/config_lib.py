@@ -26,6 +26,8 @@ PROTOCOLS = ("paper", "standard")
 # (draem_jax.evaluation.evaluator.image_score).
 IMAGE_SCORES = ("paper", "minus_median", "p99")
 DTYPES = ("float32", "bfloat16")
+# model.variant: DRAEM, and the paper's single-network ablations (draem_jax.models.VARIANTS).
+MODEL_VARIANTS = ("draem", "disc_only", "recon_ae")
 
 
 def _require(condition: bool, field: str, value, expectation: str):
@@ -56,6 +58,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, field)
   _require(config.model.get("layer_impl", "auto") in LAYER_IMPLS, "model.layer_impl",
            config.model.get("layer_impl"), f"must be one of {LAYER_IMPLS}.")
+  variant = config.model.get("variant", "draem")
+  _require(variant in MODEL_VARIANTS, "model.variant", variant,
+           f"must be one of {MODEL_VARIANTS}.")
+  sspcab = config.model.get("sspcab", False)
+  _require(isinstance(sspcab, bool), "model.sspcab", sspcab, "must be True or False.")
+  _require(not (sspcab and variant == "disc_only"), "model.sspcab", sspcab,
+           "replaces a block of the reconstructive network, which model.variant='disc_only' "
+           "does not have.")
+  sspcab_lambda = config.model.get("sspcab_lambda", 0.1)
+  _require(isinstance(sspcab_lambda, (int, float)) and not isinstance(sspcab_lambda, bool)
+           and sspcab_lambda >= 0, "model.sspcab_lambda", sspcab_lambda,
+           "must be a number >= 0 (0.1 as in anomalib).")
   # Optimisation.
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", optim.learning_rate,
@@ -172,6 +186,8 @@ def _absent_defaults() -> dict[str, object]:
       "eval.sensitivity": 0.5, "eval.aupro_full_resolution": False,
       "data.resize": "stretch", "data.resize_antialias": False, "data.crop_size": 0,
       "eval.mean_filter_fraction": 0.0, "eval.tile_size": 0, "eval.tile_overlap": 0.25,
+      "data.max_textures": 0, "model.variant": "draem", "model.sspcab": False,
+      "model.sspcab_lambda": 0.1,
   })
   return out
 

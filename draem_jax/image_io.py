@@ -444,3 +444,56 @@ class Preprocess:
     ch, cw = min(h - sy, out_h - dy), min(w - sx, out_w - dx)
     region[sy:sy + ch, sx:sx + cw] = anomaly_map[dy:dy + ch, dx:dx + cw]
     return resize_bilinear(region, (int(original_hw[0]), int(original_hw[1])))
+
+
+# ------------------------------------------------------------------------------------------
+# Images handed over by users (files, bytes, arrays) and the model's input.
+
+
+def as_rgb(image: ImageData | np.ndarray, name: str | None = None) -> np.ndarray:
+  """Any image a user hands over, as uint8 RGB (H, W, 3) at its own resolution.
+
+  Args:
+    image: a path or encoded file bytes (`decode_image`), or an array: (H, W) or (H, W, 1)
+      grayscale, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, 16-bit, bool, or float in [0, 1]
+      (or on the 8-bit scale), mapped to uint8 as decoded files are (`_to_uint8`).
+    name: how to refer to the image in error messages.
+
+  Raises:
+    DataError: an unreadable file or an array of another shape; the message names it.
+  """
+  if not isinstance(image, np.ndarray):
+    return decode_image(image, name)
+  name = name or "image array"
+  if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+    array = image[..., :3]
+  elif image.ndim == 2:
+    array = image
+  else:
+    raise DataError(f"{name} has shape {image.shape}: expected (H, W) grayscale, (H, W, 1), "
+                    "(H, W, 3) RGB or (H, W, 4) RGBA.")
+  if min(array.shape[:2]) < 1:
+    raise DataError(f"{name} has shape {image.shape}: it holds no pixel.")
+  array = _to_uint8(array)
+  if array.ndim == 2 or array.shape[-1] == 1:
+    array = np.repeat(array.reshape(array.shape[:2] + (1,)), 3, axis=-1)
+  return np.ascontiguousarray(array)
+
+
+def model_input(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+  """The one preprocessing step between a decoded image and every model call.
+
+  predict.py, the ONNX runner, `draem_jax.Detector` and the server all call this, so a file
+  scored by any of them gives the same numbers. The model maps uint8 to [0, 1] itself (the
+  JAX predict function) or is fed `x / 255` in float32 (ONNX, model.json's value_range).
+  `preprocess.map_back` brings the model's map back onto the image.
+
+  Args:
+    image: uint8 RGB (H, W, 3) at its own resolution (`as_rgb`).
+    preprocess: the run's geometry (`Preprocess.from_config(config.data)`); the default,
+      Preprocess(data.image_size), is `resize_bilinear` to that size, as in training.
+
+  Returns:
+    uint8 (H', W', 3) at the model's input size.
+  """
+  return preprocess.image(image)

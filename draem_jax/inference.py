@@ -191,27 +191,20 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
   return names
 
 
-def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
-                   step: int | None = None, threshold: float | None = None,
-                   write_overlays: bool = True,
-                   sensitivity: float | None = None) -> list[dict[str, Any]]:
-  """Scores images of any size (RGB or grayscale) with a trained run.
+def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None = None,
+                        sensitivity: float | None = None
+                        ) -> tuple[float, float, dict[str, Any] | None]:
+  """The image and pixel thresholds that predict.py decides with, and the validation statistics.
 
-  Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
-  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
-  is >= the threshold: `threshold`; else the validation split's (thresholds.json of the
+  The image threshold is `threshold`; else the validation split's (thresholds.json of the
   checkpoint, chosen now if the run holds out a validation split and it is missing), moved by
   `sensitivity` (default: the one it was chosen with); else the test-set F1-max threshold
-  found by evaluate.py. With validation statistics each record also has `normalized_score`
-  (the threshold at 0.5, `metrics.normalize_scores`).
+  found by evaluate.py.
 
   Returns:
-    One record per image: file, score (raw), normalized_score (None without validation
-    statistics), threshold (raw), anomalous.
+    (image threshold, pixel threshold, the validation thresholds with their min-max statistics
+    for `validation.normalize`, or None without a validation split).
   """
-  workdir = Path(workdir).expanduser()
-  paths = find_images(images)
-  run = load_run(workdir, step)
   chosen = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
                                      workdir / EVAL_DIR / str(run.step), step=run.step)
   found = eval_thresholds(workdir, run.step)
@@ -220,57 +213,50 @@ def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.Pa
       chosen = validation.with_sensitivity(chosen, sensitivity)
     if threshold is not None:  # A raw threshold given by hand: normalise around it.
       chosen = dict(chosen, image_threshold=float(threshold))
-    threshold = chosen["image_threshold"]
-    pixel_threshold = chosen["pixel_threshold"]
-  else:
-    if sensitivity is not None:
-      raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
-                        "has none (data.validation_fraction=0); pass --threshold instead.")
-    if threshold is None:
-      if "f1_threshold" not in found:
-        raise ConfigError(
-            f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
-            f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
-            "F1-max threshold on the test split), or pass --threshold, or train with "
-            "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
-      threshold = found["f1_threshold"]
-    pixel_threshold = found.get("pixel_f1_threshold", 0.5)
-  config = run.config
-  pre = data_lib.preprocess(config)
-  # eval.batch_size rounded up to fill every device; the last batch is padded with zeros.
-  batch_size = padding.padded_batch_size(config.eval.batch_size, run.mesh.devices.size)
-  predict = evaluator.jit_predict_fn(
-      evaluator.predict_fn_for(run.model, config.eval), run.mesh)
+    return float(chosen["image_threshold"]), float(chosen["pixel_threshold"]), chosen
+  if sensitivity is not None:
+    raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
+                      "has none (data.validation_fraction=0); pass --threshold instead.")
+  if threshold is None:
+    if "f1_threshold" not in found:
+      raise ConfigError(
+          f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
+          f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
+          "F1-max threshold on the test split), or pass --threshold, or train with "
+          "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
+    threshold = found["f1_threshold"]
+  return float(threshold), float(found.get("pixel_f1_threshold", 0.5)), None
+
+
+def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
+                   step: int | None = None, threshold: float | None = None,
+                   write_overlays: bool = True,
+                   sensitivity: float | None = None) -> list[dict[str, Any]]:
+  """Scores images of any size (RGB or grayscale) with a trained run (`draem_jax.Detector`).
+
+  Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
+  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
+  is >= the threshold of `decision_thresholds`. With validation statistics each record also
+  has `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
+
+  Returns:
+    One record per image: file, score (raw), normalized_score (None without validation
+    statistics), threshold (raw), anomalous.
+  """
+  from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
+  paths = find_images(images)
+  detector = Detector.from_workdir(workdir, step, threshold=threshold, sensitivity=sensitivity)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = _output_names(paths)
   records = []
-  for rows in tqdm(padding.batch_indices(len(paths), batch_size), desc="scoring",
-                   unit="batch"):
-    start = int(rows[0])
-    chunk = [paths[i] for i in rows[rows >= 0]]
-    originals = [data_lib.load_image(p) for p in chunk]
-    resized = np.stack([pre.image(image) for image in originals])
-    # Pad rows past the last image are zeros; the loop below reads only the real rows.
-    batch = padding.take_rows(resized, np.where(rows >= 0, rows - start, -1))
-    maps, scores = predict(run.variables,
-                           parallel.global_batch({"image": batch}, run.mesh)["image"])
-    maps, scores = np.asarray(maps), np.asarray(scores)
-    for i, (path, image) in enumerate(zip(chunk, originals)):
-      score = float(scores[i])
-      anomalous = bool(scores[i] >= threshold)
-      normalized = (None if chosen is None else
-                    float(validation.normalize(chosen, np.float64(scores[i]))))
-      records.append({"file": str(path), "score": score, "normalized_score": normalized,
-                      "threshold": float(threshold), "anomalous": anomalous})
+  batch_size = detector.batch_size
+  for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
+    for i, result in enumerate(detector.predict(paths[start:start + batch_size])):
+      records.append(result.record())
       if write_overlays:
-        full_map = pre.map_back(maps[i].astype(np.float32), image.shape[:2])
-        picture = visualize.panel(
-            image, np.clip(full_map, 0.0, 1.0), pixel_threshold,
-            title=f"{path.name}  score {score:.3f}  "
-                  f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {threshold:.3f})")
-        visualize.save_png(out_dir / names[start + i], picture)
+        visualize.save_png(out_dir / names[start + i], result.panel())
   fileio.write_scores(out_dir, records)
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
-               sum(r["anomalous"] for r in records), threshold, out_dir)
+               sum(r["anomalous"] for r in records), detector.threshold, out_dir)
   return records

@@ -39,3 +39,31 @@ def shared_data() -> Path:
     raise FileNotFoundError(f"real test data not found at {SHARED_DATA}; it must sit beside the "
                             "repository as ../shared/data")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> Path:
+  """One tiny run (`helpers.tiny_config`, 32x32, widths 4, TRAINED_STEPS steps, evaluated) that
+  the export, Detector and server tests share: trained once per session."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from draem_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("trained_run")
+  config = helpers.tiny_config()
+  config.train.num_steps = helpers.TRAINED_STEPS
+  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.eval.write_overlays = False
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_workdir, tmp_path_factory) -> tuple[Path, Path]:
+  """(workdir, model.onnx): a copy of `trained_workdir` with validation statistics (so that
+  scores are normalised too) and its ONNX export with a fixed batch of 4, shared by the
+  Detector and server tests."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from draem_jax.deployment import export  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("exported_run")
+  workdir = helpers.copy_with_validation_stats(trained_workdir, root / "run")
+  paths = export.export_run(workdir, root / "model.onnx", batch=4)
+  return workdir, paths["onnx"]

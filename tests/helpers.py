@@ -35,6 +35,24 @@ def tiny_config(root: str | Path = SHARED_DATA / "mvtec_ad",
   return config
 
 
+# Steps of conftest's `trained_workdir`: enough for scores that differ between images (after 2
+# they agree to 1e-7).
+TRAINED_STEPS = 30
+
+
+def copy_with_validation_stats(workdir: Path, dest: Path,
+                               step: int = TRAINED_STEPS) -> Path:
+  """A copy of the run whose checkpoint has a (hand-written) validation thresholds.json, so
+  that predict.py and the runner both report `normalized_score`."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(workdir, dest)
+  (dest / "eval" / str(step) / "thresholds.json").write_text(json.dumps({
+      "method": "f1", "image_threshold": 0.5, "pixel_threshold": 0.5, "image_min": 0.25,
+      "image_max": 0.75, "pixel_min": 0.0, "pixel_max": 1.0}))
+  return dest
+
+
 def config_flags(config: ml_collections.ConfigDict) -> list[str]:
   """The command-line overrides that turn configs/mvtec.py into `config`."""
   base = mvtec.get_config("bottle")

@@ -21,7 +21,8 @@ def _train_cli(*args):
 @pytest.mark.parametrize("args, expected", [
     (["--config", "configs/nope.py"],
      "--config configs/nope.py: the file configs/nope.py does not exist; use one of "
-     "configs/folder.py, configs/folder_cpu.py, configs/mvtec.py, configs/mvtec_cpu.py"),
+     "configs/dagm.py, configs/folder.py, configs/folder_cpu.py, configs/mvtec.py, "
+     "configs/mvtec_cpu.py, configs/mvtec_cpu64.py"),
     (["--config", "configs/mvtec_cpu.py", "--config.train.bogus=1"],
      "--config.train.bogus=1: the config has no field train.bogus"),
     (["--config=configs/mvtec_cpu.py", "--config.bogus.x=1"],

@@ -99,11 +99,16 @@ def test_processes_load_their_rows_of_one_global_stream(config):
   seen = [[index[_digest(b["image"][0])] for b in part] for part in parts]
   assert len(set(seen[0])) == len(set(seen[1])) == 104
   assert set(seen[0]).isdisjoint(seen[1])
-  # The next epoch is reshuffled.
-  second = [index[_digest(x)] for b in _take(pipeline.make_train_iterator(cfg), 210)[105:]
-            for x in b["image"]][:208]
-  first = [index[_digest(x)] for b in whole for x in b["image"]]
-  assert second != first
+  # Epoch by epoch: positions [0, 209) and [209, 418) of the stream are each a permutation of
+  # the 209 images, and the second is another one (reshuffled, not repeated).
+  stream = [index[_digest(x)] for b in _take(pipeline.make_train_iterator(cfg), 209)
+            for x in b["image"]]
+  first, second = stream[:209], stream[209:]
+  assert stream[:208] == [index[_digest(x)] for b in whole for x in b["image"]]
+  assert len(second) == 209
+  assert sorted(first) == sorted(second) == list(range(209))
+  assert first != second
+  assert sum(a == b for a, b in zip(first, second)) < 10  # ~1 fixed point expected.
 
 
 def test_textures_drawn_uniformly(config):

@@ -12,23 +12,10 @@ from draem_jax import config_lib
 from draem_jax.evaluation import evaluator
 from draem_jax.deployment import export
 from draem_jax import inference
-from draem_jax.training import trainer
 from draem_jax.data import images as images_lib
 
 BOTTLE = helpers.SHARED_DATA / "mvtec_ad" / "bottle"
-# Enough steps for scores that differ between images (after 2 they agree to 1e-7).
-STEPS = 30
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("export_run")
-  config = helpers.tiny_config()
-  config.train.num_steps = STEPS
-  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config.eval.write_overlays = False
-  trainer.train_and_evaluate(config, workdir)
-  return workdir
+STEPS = helpers.TRAINED_STEPS  # conftest's `trained_workdir`.
 
 
 def _bottle_batch(size, names):
@@ -217,17 +204,6 @@ def test_export_errors(tmp_path):
     export.export_run(tmp_path, int8=True, calibration_images=0)
 
 
-def _copy_with_validation_stats(workdir, dest):
-  """A copy of the run whose checkpoint has a (hand-written) validation thresholds.json, so
-  that predict.py and the runner both report `normalized_score`."""
-  import shutil
-  shutil.copytree(workdir, dest)
-  (dest / "eval" / str(STEPS) / "thresholds.json").write_text(json.dumps({
-      "method": "f1", "image_threshold": 0.5, "pixel_threshold": 0.5, "image_min": 0.25,
-      "image_max": 0.75, "pixel_min": 0.0, "pixel_max": 1.0}))
-  return dest
-
-
 def _threshold_between(scores):
   """The midpoint of the widest gap between sorted scores: a threshold no score is near."""
   s = np.sort(np.asarray(scores, np.float64))
@@ -242,7 +218,7 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
   import subprocess
   import sys
   from draem_jax.deployment import runner
-  workdir = _copy_with_validation_stats(trained_workdir, tmp_path / "run")
+  workdir = helpers.copy_with_validation_stats(trained_workdir, tmp_path / "run")
   paths = export.export_run(workdir, tmp_path / "m.onnx", batch=1)
   assert json.loads(paths["metadata"].read_text())["normalization"]["image_max"] == 0.75
   inputs = tmp_path / "inputs"

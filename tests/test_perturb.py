@@ -53,13 +53,36 @@ def test_gaussian_noise(image):
   assert not np.array_equal(perturb.gaussian_noise(image, 2.0, seed=8), expected)
 
 
-def test_jpeg(image):
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, "JPEG", quality=75)
-  expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-  out = perturb.jpeg(image, 75)
-  np.testing.assert_array_equal(out, expected)
-  assert out.shape == image.shape and not np.array_equal(out, image)
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+  return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_jpeg_is_the_jpeg_file_at_that_quality(image, tmp_path):
+  """perturb.jpeg(x, q) is what an image viewer shows of x saved by PIL as a JPEG file of
+  quality q, and of no other quality; higher quality is closer to x."""
+  smooth = np.clip(np.add.outer(np.arange(48) * 3.0, np.arange(64) * 2.0), 0, 255)
+  smooth = np.stack([smooth, smooth[::-1], 255 - smooth], -1).astype(np.uint8)
+  for x in (image, smooth):
+    files = {}
+    for quality in (30, 75, 95):
+      path = tmp_path / f"q{quality}.jpg"
+      Image.fromarray(x).save(path, quality=quality)
+      with Image.open(path) as f:
+        assert f.format == "JPEG"
+        files[quality] = np.asarray(f.convert("RGB"))
+    for quality, expected in files.items():
+      out = perturb.jpeg(x, quality)
+      assert out.shape == x.shape and out.dtype == np.uint8
+      np.testing.assert_array_equal(out, expected)
+      for other, decoded in files.items():
+        if other != quality:
+          assert not np.array_equal(out, decoded), (quality, other)
+    psnr = [_psnr(perturb.jpeg(x, q), x) for q in (30, 75, 95)]
+    assert psnr[0] < psnr[1] < psnr[2], psnr
+  # A smooth picture survives quality 75 almost unchanged; uniform noise does not.
+  assert _psnr(perturb.jpeg(smooth, 75), smooth) > 35
+  assert _psnr(perturb.jpeg(image, 75), image) < 25
 
 
 def test_shift(image):

@@ -14,6 +14,7 @@ from PIL import Image
 
 import helpers
 from draem_jax import inference
+from draem_jax.detector import Detector
 from draem_jax.deployment import export
 from draem_jax.deployment import runner
 from draem_jax.image_io import Preprocess
@@ -106,7 +107,9 @@ def test_rectangular_run_end_to_end(dataset, workdir, tmp_path):
   # The JAX-free runner resizes with the same Preprocess and finds predict.py's scores.
   model = runner.Model(paths["onnx"])
   assert model.preprocess == Preprocess(IMAGE_HW, "fit_long_side", True)
-  got = runner.score_images(model, runner.find_images(str(images)), tmp_path / "dep")
+  detector = Detector.from_onnx(paths["onnx"])
+  assert detector.preprocess == model.preprocess
+  got = runner.score_images(detector, runner.find_images(str(images)), tmp_path / "dep")
   want = {r["file"]: r["score"] for r in records}
   for record in got:
     assert record["score"] == pytest.approx(want[record["file"]], abs=1e-4)

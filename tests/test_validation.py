@@ -2,6 +2,7 @@
 folder mask-name patterns."""
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -42,13 +43,16 @@ def _folder_config(tmp_path, n=12, fraction=0.25):
 
 def test_validation_images_never_reach_training(tmp_path):
   config = _folder_config(tmp_path)
-  train, held_out = pipeline.holdout_indices(12, config)
-  assert held_out.tolist() == [1, 4, 7, 10]  # Evenly spread over the file-name order.
+  names = [f"train/good/{i:03d}.png" for i in range(12)]
+  train, held_out = pipeline.holdout_indices(names, config)
+  # Held out: the SHA-256 of the name, as a fraction, below 0.25 (computed independently).
+  keys = [int(hashlib.sha256(n.encode()).hexdigest()[:16], 16) / 2**64 for n in names]
+  assert held_out.tolist() == [i for i, k in enumerate(keys) if k < 0.25] == [2, 5, 6, 7]
   assert sorted(train.tolist() + held_out.tolist()) == list(range(12))
   assert pipeline.num_train_examples(config) == 8
   train_names = pipeline.open_split(config, "train").file_names
   val_names = pipeline.open_split(config, "validation").file_names
-  assert val_names == [f"train/good/{i:03d}.png" for i in (1, 4, 7, 10)]
+  assert val_names == [f"train/good/{i:03d}.png" for i in (2, 5, 6, 7)]
   assert not set(train_names) & set(val_names) and len(train_names) == 8
   # Three epochs of the real pipeline: every row is a training image, each flat colour
   # 10 + 20 i names image i.
@@ -58,7 +62,7 @@ def test_validation_images_never_reach_training(tmp_path):
   assert seen == set(train.tolist())
   # At least validation_min_images, and never all of the images.
   config.data.validation_fraction = 0.01
-  assert pipeline.num_validation_images(12, config) == 4
+  assert pipeline.holdout_indices(names, config)[1].tolist() == sorted(np.argsort(keys)[:4])
   config.data.validation_min_images = 12
   with pytest.raises(DataError, match="data.validation_fraction=0.01 holds out 12 of the 12"):
     pipeline.validate_data_config(config, require_test=False)
@@ -199,7 +203,7 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   workdir = tmp_path / "run"
   assert trainer.train_and_evaluate(config, workdir) is None  # No test split to evaluate.
   saved = json.loads((workdir / "eval" / "4" / "thresholds.json").read_text())
-  assert saved["validation"]["files"] == [f"train/good/{i:03d}.png" for i in (1, 4, 7, 10)]
+  assert saved["validation"]["files"] == [f"train/good/{i:03d}.png" for i in (2, 5, 6, 7)]
   assert saved["method"] == "f1" and saved["validation"]["num_synthetic_anomalous"] >= 1
   assert saved["image_min"] <= saved["image_threshold"] <= saved["image_max"]
 
@@ -233,7 +237,27 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   assert again["validation"]["files"] == saved["validation"]["files"]
   assert again["image_threshold"] == saved["image_threshold"]
   assert again["pixel_threshold"] == saved["pixel_threshold"]
+  # The run records its split.
+  recorded = json.loads((workdir / "validation_files.json").read_text())
+  assert recorded["validation"] == saved["validation"]["files"]
+  assert recorded["train"] == [f"train/good/{i:03d}.png" for i in (0, 1, 3, 4, 8, 9, 10, 11)]
   # A changed split would change the training set: resuming refuses it.
   config.data.validation_fraction = 0.5
   with pytest.raises(ConfigError, match="data.validation_fraction"):
     trainer.train_and_evaluate(config, workdir)
+  # Even when the config change is allowed: images trained on (keys 0.488 and 0.400) would be
+  # held out. Refused before anything is written.
+  before = (workdir / "config.json").read_text()
+  with pytest.raises(DataError, match=r"2 image\(s\) trained on would now be held out "
+                                      r"\(train/good/000.png, train/good/009.png\)"):
+    trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  assert (workdir / "config.json").read_text() == before
+  assert json.loads((workdir / "validation_files.json").read_text()) == recorded
+  # Images added to the folder leave every other image on its side: the resume is accepted.
+  config.data.validation_fraction = 0.25
+  for i in (12, 13, 14):
+    Image.fromarray(np.full((32, 32, 3), 15 * i, np.uint8)).save(
+        tmp_path / "data" / "train" / "good" / f"{i:03d}.png")
+  grown = trainer._check_split(config, workdir, resuming=True)  # pylint: disable=protected-access
+  assert grown["validation"] == recorded["validation"] + ["train/good/014.png"]
+  assert grown["train"] == recorded["train"] + ["train/good/012.png", "train/good/013.png"]

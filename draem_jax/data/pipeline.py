@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from draem_jax.data import dagm as dagm_lib
 from draem_jax.data import folder as folder_lib
 from draem_jax.data import images as images_lib
 from draem_jax.data import mvtec_info
@@ -49,7 +51,7 @@ from draem_jax.data import padding
 from draem_jax.data import textures as textures_lib
 from draem_jax.errors import ConfigError, DataError
 
-SOURCES = ("mvtec", "folder")
+SOURCES = ("mvtec", "folder", "dagm")
 # The discriminative U-Net max-pools 5 times (DRAEM_SPEC 1): sides must divide by 2^5.
 SIZE_MULTIPLE = 32
 
@@ -75,7 +77,8 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
   data = config.data
   if data.source not in SOURCES:
     raise ConfigError(f"data.source={data.source!r} must be one of {SOURCES}: 'mvtec' for "
-                      "MVTec AD, 'folder' for your own images (see configs/folder.py).")
+                      "MVTec AD, 'folder' for your own images (see configs/folder.py), 'dagm' "
+                      "for DAGM 2007 (configs/dagm.py).")
   image_hw = _model_hw(data.image_size, "data.image_size")
   resize = data.get("resize", "stretch")
   if resize not in images_lib.RESIZE_MODES:
@@ -109,11 +112,19 @@ def _check_config(config: ml_collections.ConfigDict, process_count: int = 1,
   if data.source == "folder" and not str(data.root):
     raise ConfigError("data.root is empty: set it to the folder that holds train/good "
                       "(--config configs/folder.py:/path/to/data or DRAEM_FOLDER_ROOT).")
+  if data.source == "dagm" and (not str(data.root) or not str(data.category)):
+    raise ConfigError(f"data.root={str(data.root)!r} / data.category={str(data.category)!r}: "
+                      "DAGM 2007 needs the folder that holds the class folders and one class, "
+                      "e.g. --config configs/dagm.py:Class1 with DRAEM_DAGM_ROOT set.")
   fraction = data.get("validation_fraction", 0.0)
   if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
       or not 0.0 <= fraction < 1.0):
     raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 1): the share of "
                       "train/good held out to choose the thresholds (0 = train on all of it).")
+  if data.source == "dagm" and fraction == 0:
+    raise ConfigError("data.validation_fraction=0: DAGM's TPR, TNR and accuracy need a "
+                      "threshold chosen without the test set, on held-out defect-free Train "
+                      "images; set it > 0 (configs/dagm.py: 0.1).")
   min_images = data.get("validation_min_images", 1)
   if (isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer))
       or min_images < 1):
@@ -203,48 +214,55 @@ def _root(config: ml_collections.ConfigDict) -> Path:
   return Path(os.path.expandvars(str(config.data.root))).expanduser()
 
 
-def num_validation_images(num_images: int, config: ml_collections.ConfigDict) -> int:
-  """How many of `num_images` training images the validation split holds out.
-
-  round(data.validation_fraction * num_images), at least data.validation_min_images; 0 when
-  the fraction is 0.
-  """
-  fraction = float(config.data.get("validation_fraction", 0.0))
-  if fraction == 0.0:
-    return 0
-  return max(int(config.data.get("validation_min_images", 1)), round(fraction * num_images))
+def holdout_key(file_name: str) -> float:
+  """A training image's place in [0, 1) for the validation split: the first 8 bytes of the
+  SHA-256 of its file name (relative to the data root), as a fraction of 2^64."""
+  digest = hashlib.sha256(file_name.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def holdout_indices(num_images: int, config: ml_collections.ConfigDict,
+def holdout_indices(file_names: Sequence[str], config: ml_collections.ConfigDict,
                     process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """The training and validation indices into the sorted training images.
 
-  The validation images are spread evenly over the file-name order (the middle image of each
-  of `n` equal runs), so that a folder filled over time, or by several cameras named in
-  sequence, is sampled throughout. The split depends only on the number of images and the
-  data.validation_* fields: a resumed run, evaluate.py and predict.py find the same one.
+  An image is held out when `holdout_key(its file name)` is below data.validation_fraction:
+  membership is a property of each file alone, so adding or removing other images never moves
+  an image between the two parts (a run that grows its folder keeps its held-out images
+  held out), and the hash spreads the held-out images over the folder whatever its naming.
+  When fewer than data.validation_min_images fall below the fraction, the images with the
+  smallest keys are added up to that number. A resumed run, evaluate.py and predict.py find
+  the same split; the trainer records it in `<workdir>/validation_files.json`.
 
   Args:
-    num_images: training images before the split (all of train/good or train_list).
+    file_names: the training images' names before the split (all of train/good or
+      train_list), relative to the data root.
     config: the experiment config (data.validation_fraction, data.validation_min_images).
     process_count: processes that will share the training images (each needs one).
 
   Returns:
-    (train, validation): sorted int64 index arrays, disjoint, together range(num_images).
+    (train, validation): sorted int64 index arrays, disjoint, together
+    range(len(file_names)); validation is empty when the fraction is 0.
 
   Raises:
     DataError: the split would leave fewer than `process_count` (at least 1) training images.
   """
-  n = num_validation_images(num_images, config)
+  num_images = len(file_names)
+  fraction = float(config.data.get("validation_fraction", 0.0))
+  held = np.zeros(num_images, bool)
+  if fraction > 0.0:
+    keys = np.asarray([holdout_key(name) for name in file_names], np.float64)
+    held = keys < fraction
+    minimum = int(config.data.get("validation_min_images", 1))
+    if held.sum() < minimum:
+      held[np.argsort(keys, kind="stable")[:minimum]] = True
+  n = int(held.sum())
   if num_images - n < max(1, process_count):
     raise DataError(
         f"data.validation_fraction={config.data.validation_fraction} holds out {n} of the "
         f"{num_images} training images (at least data.validation_min_images="
         f"{config.data.validation_min_images}), leaving too few to train on; add images, or "
         "lower data.validation_fraction / data.validation_min_images (0 = no validation split).")
-  validation = np.floor((np.arange(n) + 0.5) * num_images / max(n, 1)).astype(np.int64)
-  train = np.setdiff1d(np.arange(num_images, dtype=np.int64), validation)
-  return train, validation
+  return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
 
 
 class SubsetSplit:
@@ -304,7 +322,7 @@ def open_split(config: ml_collections.ConfigDict, split: str):
     reader = _open_encoded(config, category, "train")
     if not has_validation_split(config):
       return reader
-    train, validation = holdout_indices(len(reader), config)
+    train, validation = holdout_indices(reader.file_names, config)
     return SubsetSplit(reader, train if split == "train" else validation)
   return _open_encoded(config, category, "test")
 
@@ -315,6 +333,8 @@ def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
     _mvtec().prepare(category, _root(config), _tfds_data_dir(config))
     return _mvtec().PreparedSplit(category, _tfds_data_dir(config), split)
   root = _root(config)
+  if config.data.source == "dagm":
+    return folder_lib.FolderSplit(dagm_lib.scan(root, category, split))
   if not root.is_dir():
     raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                     f"{folder_lib.LAYOUT}.")
@@ -325,20 +345,35 @@ def _open_encoded(config: ml_collections.ConfigDict, category: str, split: str):
 
 
 def has_test_split(config: ml_collections.ConfigDict) -> bool:
-  """Whether there is a test split to evaluate on (always for MVTec AD; `<root>/test` else)."""
+  """Whether there is a test split to evaluate on (always for MVTec AD; `<root>/test` for a
+  folder, `<root>/<class>/Test` for DAGM)."""
   _check_config(config)
+  if config.data.source == "dagm":
+    return (_root(config) / str(config.data.category) / dagm_lib.SPLITS["test"]).is_dir()
   return config.data.source == "mvtec" or (_root(config) / "test").is_dir()
 
 
-def _mvtec_num_train(config: ml_collections.ConfigDict, category: str, check_test: bool) -> int:
-  """Training images of a category: from the prepared data, else by scanning its folder."""
+def _mvtec_train_names(config: ml_collections.ConfigDict, category: str,
+                       check_test: bool) -> list[str] | int:
+  """A category's training images: their file names (relative to the category folder), from
+  the prepared data, else by scanning its folder; only their number without a validation
+  split (the prepared data's metadata, no records read)."""
   if _mvtec().is_prepared(category, _tfds_data_dir(config)):
-    mvtec = _mvtec().builder(category, _tfds_data_dir(config))
-    return mvtec.info.splits["train"].num_examples
+    if not has_validation_split(config):
+      return _mvtec().builder(category, _tfds_data_dir(config)).info.splits["train"].num_examples
+    return list(_mvtec().PreparedSplit(category, _tfds_data_dir(config), "train").file_names)
   category_root = _mvtec().check_category_root(_root(config), category)
   if check_test:
     folder_lib.scan_test(category_root)
-  return len(folder_lib.scan_train(category_root))
+  return [s.file_name for s in folder_lib.scan_train(category_root)]
+
+
+def _num_held_in(names: list[str] | int, config: ml_collections.ConfigDict,
+                 process_count: int = 1) -> int:
+  """Training images left after the validation split (`names` or, without one, a count)."""
+  if isinstance(names, int):
+    return names
+  return len(holdout_indices(names, config, process_count)[0])
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
@@ -347,9 +382,17 @@ def num_train_examples(config: ml_collections.ConfigDict) -> int:
   _check_config(config)
   category = _single_category(config)
   if config.data.source == "mvtec":
-    total = _mvtec_num_train(config, category, check_test=False)
-    return len(holdout_indices(total, config)[0])
+    return _num_held_in(_mvtec_train_names(config, category, check_test=False), config)
   return len(open_split(config, "train"))
+
+
+def split_file_names(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
+  """{'train': [...], 'validation': [...]}: the file names of both parts of train/good (the
+  validation part empty without a validation split), in file-name order."""
+  train = list(open_split(config, "train").file_names)
+  held_out = (list(open_split(config, "validation").file_names)
+              if has_validation_split(config) else [])
+  return {"train": train, "validation": held_out}
 
 
 def validate_data_config(config: ml_collections.ConfigDict, process_count: int = 1,
@@ -372,16 +415,20 @@ def validate_data_config(config: ml_collections.ConfigDict, process_count: int =
                 else (data.category,))
   for category in categories:
     if data.source == "mvtec":
-      num_train = _mvtec_num_train(config, category, check_test=True)
+      names = _mvtec_train_names(config, category, check_test=True)
+    elif data.source == "dagm":
+      names = [s.file_name for s in dagm_lib.scan(_root(config), category, "train")]
+      if require_test:
+        dagm_lib.scan(_root(config), category, "test")
     else:
       root = _root(config)
       if not root.is_dir():
         raise DataError(f"Data folder {root} (data.root) does not exist. Expected layout: "
                         f"{folder_lib.LAYOUT}.")
-      num_train = len(folder_lib.scan_train(root, _train_list(config)))
+      names = [s.file_name for s in folder_lib.scan_train(root, _train_list(config))]
       if require_test or (root / "test").is_dir():
         folder_lib.scan_test(root, **_test_scan_args(config))
-    num_train = len(holdout_indices(num_train, config, process_count)[0])
+    num_train = _num_held_in(names, config, process_count)
     if num_train < process_count:
       raise DataError(f"{num_train} training images cannot be shared by {process_count} "
                       "processes; every process needs at least one.")

@@ -104,6 +104,13 @@ def _batch_dim(batch: int | str) -> int | str:
   return value
 
 
+_MAP_MEANING = {
+    "draem": "float32 (N, H, W), probability of the anomalous class",
+    "disc_only": "float32 (N, H, W), probability of the anomalous class",
+    "recon_ae": "float32 (N, H, W), 1 - SSIM(image, reconstruction), mean over channels",
+}  # What the anomaly map is, per model.variant.
+
+
 def num_recon_convs(variables) -> int:
   """Convolutions of the reconstructive network: its 'kernel' parameters."""
   return sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(
@@ -181,6 +188,13 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
     raise ConfigError(f"--calibration_images={calibration_images}: the 8-bit model needs at "
                       "least 1 training image (default 64).")
   run = inference.load_run(workdir, step)
+  model_config = run.config.model
+  if int8 and (model_config.get("variant", "draem") != "draem"
+               or model_config.get("sspcab", False)):
+    raise ConfigError(f"--int8 quantizes DRAEM's two networks as trained with the default "
+                      f"model; {workdir} is a model.variant={model_config.get('variant')!r} / "
+                      f"model.sspcab={model_config.get('sspcab', False)} run: export it without "
+                      "--int8 (the float ONNX model).")
   # Read before anything is written: the 8-bit model needs the training images.
   calibration = _calibration_images(run.config, calibration_images) if int8 else None
   pre = pipeline.preprocess(run.config)
@@ -215,7 +229,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                 "resize": ("antialiased bilinear (Pillow BILINEAR)" if pre.antialias else
                            "bilinear, half-pixel centres, no antialiasing (OpenCV "
                            "INTER_LINEAR)") + f", {pre.mode}"},
-      "outputs": {"anomaly_map": "float32 (N, H, W), probability of the anomalous class",
+      "outputs": {"anomaly_map": _MAP_MEANING[run.config.model.get("variant", "draem")],
                   "score": f"float32 (N,), image score "
                            f"'{evaluator.score_kind(run.config.eval)}' (mean filter "
                            f"{filter_size}x{filter_size})"},
@@ -225,6 +239,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                  "overlap": float(run.config.eval.get("tile_overlap", 0.25))} if tile else None),
       "mean_filter_size": filter_size,
       "image_score": evaluator.score_kind(run.config.eval),
+      "model_variant": str(run.config.model.get("variant", "draem")),
       "onnx_opset": ONNX_OPSET,
       **deploy_thresholds(workdir, run.step),
   }

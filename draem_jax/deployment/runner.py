@@ -3,9 +3,10 @@
   python -m draem_jax.deployment.runner --model model.onnx --images 'parts/*.png' --out predictions/
 
 Reads `model.json` beside the ONNX file (export.py writes it), resizes each image exactly as
-the training images were (`image_io.Preprocess`, the same code as training and predict.py),
-and writes what predict.py writes: `scores.csv`, `scores.json` and one overlay PNG per image
-(image | heatmap overlay | predicted mask, at the image's own resolution). Imports no JAX module (tests check `sys.modules`).
+the training images were and writes what predict.py writes: `scores.csv`, `scores.json` and
+one overlay PNG per image (image | heatmap overlay | predicted mask, at the image's own
+resolution); both are loops over `draem_jax.Detector`. Imports no JAX module (tests check
+`sys.modules`).
 """
 
 import argparse
@@ -27,7 +28,7 @@ find_images = image_io.find_images
 class Model:
   """An exported model: the onnxruntime session and its metadata JSON."""
 
-  def __init__(self, path: str | Path, threshold: float | None = None):
+  def __init__(self, path: str | Path, threshold: float | None = None, session_options=None):
     import onnxruntime as ort  # pylint: disable=g-import-not-at-top
     path = Path(path)
     meta_path = path.with_suffix(".json")
@@ -37,7 +38,8 @@ class Model:
       raise DataError(f"{meta_path} (written by export.py beside the ONNX file) is missing.")
     self.meta = json.loads(meta_path.read_text())
     try:
-      self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+      self.session = ort.InferenceSession(str(path), session_options,
+                                          providers=["CPUExecutionProvider"])
     except Exception as e:  # pylint: disable=broad-except  # onnxruntime's own error types.
       raise DataError(f"--model {path} is not a readable ONNX model ({e}); export it again "
                       "with export.py.") from e
@@ -45,7 +47,7 @@ class Model:
     self.preprocess = (image_io.Preprocess.from_metadata(self.meta["preprocess"])
                        if "preprocess" in self.meta
                        else image_io.Preprocess(image_io.size_hw(self.meta["image_size"])))
-    self.size = self.preprocess.size
+    self.size = self.preprocess.size  # (height, width) of the model's input.
     self.threshold = self.meta.get("image_threshold") if threshold is None else threshold
     if self.threshold is None:
       raise ConfigError(f"{meta_path} holds no image_threshold (evaluate.py was not run "
@@ -66,34 +68,24 @@ class Model:
     """(N, H, W, 3) float32 in [0, 1] -> maps (N, H, W), scores (N,)."""
     if batch.ndim != 4 or batch.shape[1:] != (*self.size, 3):
       raise DataError(f"images must be (N, {self.size[0]}, {self.size[1]}, 3) RGB, got "
-                      f"{batch.shape}; resize with Model.preprocess.image.")
+                      f"{batch.shape}; resize with draem_jax.image_io.model_input.")
     maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
     return maps, scores
 
 
-def score_images(model: Model, paths: list[Path], out_dir: Path,
+def score_images(detector, paths: list[Path], out_dir: Path,
                  write_overlays: bool = True) -> list[dict]:
-  """Scores `paths` one by one; writes overlays, scores.csv and scores.json like predict.py."""
+  """Scores `paths` one by one with a `draem_jax.Detector`; writes overlays, scores.csv and
+  scores.json like predict.py."""
   records, seen = [], {}
   for path in paths:
-    image = image_io.load_image(path)
-    x = model.preprocess.image(image)[None].astype(np.float32) / 255.0
-    maps, scores = model(x)
-    score = float(scores[0])
-    anomalous = bool(score >= model.threshold)
-    records.append({"file": str(path), "score": score,
-                    "normalized_score": model.normalized(score),
-                    "threshold": float(model.threshold), "anomalous": anomalous})
+    result = detector.predict(path)
+    records.append(result.record())
     if write_overlays:
       count = seen.get(path.stem, 0)
       seen[path.stem] = count + 1
       name = f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png"
-      full_map = model.preprocess.map_back(maps[0].astype(np.float32), image.shape[:2])
-      picture = visualize.panel(
-          image, np.clip(full_map, 0.0, 1.0), model.pixel_threshold,
-          title=f"{path.name}  score {score:.3f}  "
-                f"{'ANOMALOUS' if anomalous else 'normal'} (threshold {model.threshold:.3f})")
-      visualize.save_png(out_dir / name, picture)
+      visualize.save_png(out_dir / name, result.panel())
   fileio.write_scores(out_dir, records)
   return records
 
@@ -107,8 +99,9 @@ def main(argv=None) -> int:
   parser.add_argument("--no_overlays", action="store_true")
   args = parser.parse_args(argv)
   try:
-    model = Model(args.model, args.threshold)
-    records = score_images(model, find_images(args.images), Path(args.out),
+    from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
+    detector = Detector.from_onnx(args.model, args.threshold)
+    records = score_images(detector, find_images(args.images), Path(args.out),
                            not args.no_overlays)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -2,11 +2,12 @@
 
 On the device (`make_predict_fn`): R -> D -> softmax on the whole image (the networks are
 fully convolutional, so a model trained on crops scores any size), or tile by tile with
-eval.tile_size, the overlapping tiles blended into one map (`data.windows.tiled_map`); the pixel
-score is the probability of the anomalous class, the image score the maximum of the k x k mean-filtered map (zero padding
-counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`), or one of
-the alternatives of `image_score` (eval.image_score). On the host
-(`evaluate`): the metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
+eval.tile_size, the overlapping tiles blended into one map (`data.windows.tiled_map`); the
+pixel score is the probability of the anomalous class (`models.anomaly_map`: 1 - SSIM for the
+reconstructive network alone), the image score the maximum of the k x k mean-filtered map
+(zero padding counted in the average, as the reference's `avg_pool2d(count_include_pad=True)`),
+or one of the alternatives of `image_score` (eval.image_score). On the host (`evaluate`): the
+metrics of `draem_jax.evaluation.metrics` over the whole test split, written to
 `<out>/metrics.json`, a Markdown comparison with the paper, per-image scores, overlays and
 the HTML report of `draem_jax.evaluation.report`.
 """
@@ -127,7 +128,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
     images: (B, H, W, 3) uint8 0..255 (or float in [0, 1]).
 
   Returns of the returned function:
-    maps (B, H, W) float32, the probability of "anomalous" per pixel; scores (B,) float32.
+    maps (B, H, W) float32, the probability of "anomalous" per pixel (`models.anomaly_map`:
+    1 - SSIM for model.variant='recon_ae'); scores (B,) float32.
   """
   _check_score_kind(score_kind)  # Now, not when the function is first traced.
   tile_hw = images_lib.size_hw(tile_size, "eval.tile_size") if tile_size else None
@@ -139,8 +141,8 @@ def make_predict_fn(model: nn.Module, mean_filter_size: int,
       x = images.astype(jnp.float32)
 
     def anomaly_map(x):
-      _, logits = model.apply(variables, x, train=False)
-      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+      rec, logits = model.apply(variables, x, train=False)
+      return models.anomaly_map(x, rec, logits)
 
     if tile_hw is None:
       maps = anomaly_map(x)
@@ -330,6 +332,12 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
                                                        pred["maps"], thresholds)
     normalized = metrics_lib.normalize_scores(pred["scores"], thresholds["image_threshold"],
                                               thresholds["image_min"], thresholds["image_max"])
+    if config.data.source == "dagm":  # The paper's Table 4, at the validation threshold.
+      result["dagm"] = {"image_auroc": result["image_auroc"],
+                        **metrics_lib.classification_metrics(eval_ds.labels, pred["scores"],
+                                                             thresholds["image_threshold"]),
+                        "threshold_source": "held-out defect-free Train images "
+                                            f"(eval.threshold_method={thresholds.get('method')})"}
   if out_dir is None or jax.process_index() != 0:
     return result
   out_dir = Path(out_dir)
@@ -342,6 +350,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
   fileio.atomic_write_text(out_dir / SCORES_FILE, _scores_csv(eval_ds, pred["scores"],
                                                               image_threshold, normalized))
   table = metrics_lib.comparison_table(str(config.data.category), result)
+  if "dagm" in result:
+    table = metrics_lib.dagm_table(str(config.data.category), result)
   fileio.atomic_write_text(out_dir / COMPARISON_FILE, f"# {config.data.category}, step {step}, "
                            f"protocol {ev.protocol}\n\n{table}\n")
   if ev.write_overlays if write_overlays is None else write_overlays:

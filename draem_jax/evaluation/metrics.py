@@ -315,6 +315,47 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
           "fpr": ratio(fp, neg), "accuracy": ratio(tp + neg - fp, pos + neg)}
 
 
+# DRAEM on DAGM 2007 (the paper's Table 4, mean of the 10 classes), fractions.
+DAGM_PAPER = {"image_auroc": 0.990, "tpr": 0.965, "tnr": 0.994, "accuracy": 0.985}
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray,
+                           threshold: float) -> dict[str, float]:
+  """DAGM's image classification metrics of `score >= threshold` (the paper's Table 4).
+
+  Args:
+    labels: (N,) 0/1 or bool, 1 = defective.
+    scores: (N,) image scores.
+    threshold: chosen without the test set.
+
+  Returns:
+    {"threshold", "tpr" (defective images called defective), "tnr" (defect-free images
+    called defect-free), "accuracy" (all images classified right)}; nan where a class is
+    absent.
+  """
+  labels, scores = _as_labels(labels), np.asarray(scores).reshape(-1)
+  _check_same_shape(labels, scores, "classification_metrics labels vs scores")
+  predicted = _finite_scores(scores) >= threshold
+  pos, neg = int(labels.sum()), int((~labels).sum())
+  tp, tn = int(np.sum(predicted & labels)), int(np.sum(~predicted & ~labels))
+  return {"threshold": float(threshold),
+          "tpr": tp / pos if pos else math.nan, "tnr": tn / neg if neg else math.nan,
+          "accuracy": (tp + tn) / (pos + neg) if pos + neg else math.nan}
+
+
+def dagm_table(category: str, metrics: Mapping[str, Any]) -> str:
+  """Markdown table of a DAGM class's `metrics["dagm"]` next to the paper's 10-class mean."""
+  lines = [f"### {category} (DAGM 2007; paper: mean of the 10 classes)", "",
+           "| metric | ours (%) | paper (%) | ours - paper |", "|---|---:|---:|---:|"]
+  for key, label in (("image_auroc", "image AUROC"), ("tpr", "TPR"), ("tnr", "TNR"),
+                     ("accuracy", "classification accuracy")):
+    value = metrics["dagm"].get(key)
+    ours = None if value is None else 100.0 * float(value)
+    paper = 100.0 * DAGM_PAPER[key]
+    lines.append(f"| {label} | {_pct(ours)} | {_pct(paper)} | {_diff(ours, paper)} |")
+  return "\n".join(lines) + "\n"
+
+
 def normalize_scores(values: np.ndarray, threshold: float, low: float, high: float
                      ) -> np.ndarray:
   """Min-max normalisation that puts `threshold` at 0.5 (anomalib's convention).

@@ -7,11 +7,11 @@ while tracing (`draem_jax.deployment.onnx_ops`) patches `models.layers`, where i
 from draem_jax.models import layers
 from draem_jax.models import networks
 from draem_jax.models.layers import (
-    LAYER_IMPLS, BatchNorm, Block, ConvBNReLU, UpConvBNReLU, align_corners_matrix,
+    LAYER_IMPLS, SSPCAB, BatchNorm, Block, ConvBNReLU, UpConvBNReLU, align_corners_matrix,
     batch_norm_train, batch_norm_train_plain, bn_scale_init, channel_sum, conv_kernel_init,
-    max_pool, max_pool_2x2, resolve_layer_impl, torch_conv_bias_init, upsample,
+    max_pool, max_pool_2x2, resolve_layer_impl, sspcab_loss, torch_conv_bias_init, upsample,
     upsample2x_align_corners, upsample2x_align_corners_plain, _max_pool, _max_pool_plain)
 from draem_jax.models.networks import (
-    DRAEM, XLA_CPU_COMPILER_OPTIONS, DiscriminativeSubNetwork, ReconstructiveSubNetwork,
-    _cpu_options_supported, count_params, create_model, init_variables, predict,
-    xla_compiler_options)
+    DRAEM, VARIANTS, XLA_CPU_COMPILER_OPTIONS, DiscriminativeOnly, DiscriminativeSubNetwork,
+    ReconstructiveAE, ReconstructiveSubNetwork, _cpu_options_supported, anomaly_map,
+    count_params, create_model, init_variables, predict, xla_compiler_options)

@@ -3,7 +3,9 @@
 * `ConvBNReLU`: 3x3 conv (padding 1, with bias) -> BatchNorm -> ReLU;
 * `Block`: two `ConvBNReLU`;
 * `UpConvBNReLU`: bilinear x2 upsampling with align_corners=True semantics -> `ConvBNReLU`;
-* `_max_pool`: 2x2 max-pool, stride 2.
+* `_max_pool`: 2x2 max-pool, stride 2;
+* `SSPCAB`: the self-supervised predictive block that `model.sspcab` puts in place of the
+  reconstructive encoder's last block.
 
 Initialisation follows the reference: conv kernels ~ N(0, 0.02), conv biases PyTorch's default
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm scale ~ N(1, 0.02), BatchNorm bias 0. BatchNorm
@@ -363,6 +365,57 @@ class UpConvBNReLU(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return ConvBNReLU(self.features, self.dtype, self.impl, name="cbr")(upsample(x, self.impl),
                                                                          train)
+
+
+class SSPCAB(nn.Module):
+  """Self-supervised predictive convolutional attentive block (Ristea et al., CVPR 2022).
+
+  (B, H, W, C) -> (B, H, W, C). A masked convolution: four k x k convolutions C -> C (with
+  bias) read the four corners at distance k + dilation of each pixel's (2k + 2d + 1)-wide
+  receptive field, whose centre they never see; their sum goes through a squeeze-and-excitation
+  attention (global mean, Dense C -> C // reduction, ReLU, Dense -> C, sigmoid, times the
+  input). The same structure and parameter count as anomalib's `SSPCAB` (4 (k^2 C^2 + C) +
+  2 C^2 / r + C / r + C); kernels and biases are initialised as the convolutions here are.
+  The block itself is trained by `sspcab_loss`, the mean squared error between its input
+  and output, which the block sows into the "losses" collection under the name "sspcab".
+  """
+
+  features: int
+  kernel_size: int = 1
+  dilation: int = 1
+  reduction: int = 8
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, d = self.kernel_size, self.dilation
+    pad, crop = k + d, k + 2 * d + 1
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows, cols = h + 2 * pad - crop, w + 2 * pad - crop  # Each corner's window; k-valid = H.
+    out = None
+    for i, (top, left) in enumerate(((0, 0), (0, crop), (crop, 0), (crop, crop))):
+      conv = nn.Conv(self.features, (k, k), padding="VALID", use_bias=True, dtype=self.dtype,
+                     kernel_init=conv_kernel_init,
+                     bias_init=torch_conv_bias_init(k * k * x.shape[-1]),
+                     name=f"masked_conv{i + 1}")
+      y = conv(padded[:, top:top + rows, left:left + cols])
+      out = y if out is None else out + y
+    squeezed = jnp.mean(out.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    hidden = self.features // self.reduction
+    act = nn.relu(nn.Dense(hidden, dtype=self.dtype, kernel_init=conv_kernel_init,
+                           bias_init=torch_conv_bias_init(self.features), name="fc1")(squeezed))
+    act = nn.sigmoid(nn.Dense(self.features, dtype=self.dtype, kernel_init=conv_kernel_init,
+                              bias_init=torch_conv_bias_init(hidden), name="fc2")(act))
+    y = out * act[:, None, None, :]
+    self.sow("losses", "sspcab", sspcab_loss(x, y))
+    return y
+
+
+def sspcab_loss(block_input: jax.Array, block_output: jax.Array) -> jax.Array:
+  """Mean squared error between SSPCAB's input and output, in float32 (a scalar)."""
+  diff = block_output.astype(jnp.float32) - block_input.astype(jnp.float32)
+  return jnp.mean(jnp.square(diff))
 
 
 def _final_conv(features: int, fan_in: int, dtype: Dtype) -> nn.Conv:

@@ -1,6 +1,10 @@
 """DRAEM's two sub-networks and their wiring as Flax linen modules (DRAEM_SPEC section 1).
 
-Both networks are built from the layers of `draem_jax.models.layers`.
+Both networks are built from the layers of `draem_jax.models.layers`. Besides DRAEM, the
+paper's two single-network ablations (its Table 3; `model.variant`): `DiscriminativeOnly`
+(the discriminative network alone on the augmented image) and `ReconstructiveAE` (the
+reconstructive network alone, its anomaly map 1 - SSIM(input, reconstruction)). Every model
+returns (reconstruction or None, logits or None); `anomaly_map` turns that into the map.
 
 Mixed precision: `dtype` is the activation/computation dtype (e.g. bfloat16); parameters are
 always float32 and Flax computes BatchNorm statistics in at least float32. The networks return
@@ -17,7 +21,8 @@ import numpy as np
 
 from draem_jax.errors import ConfigError
 from draem_jax.models import layers
-from draem_jax.models.layers import Block, UpConvBNReLU, _final_conv, _output_dtype
+from draem_jax.models.layers import SSPCAB, Block, UpConvBNReLU, _final_conv, _output_dtype
+from draem_jax.training import losses
 
 Dtype = Any
 
@@ -33,13 +38,15 @@ XLA_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 class ReconstructiveSubNetwork(nn.Module):
   """Encoder-decoder without skips: (B, H, W, 3) -> reconstruction (B, H, W, out_channels).
 
-  H and W must be multiples of 16. At base width 128 it has 69,048,579 parameters.
+  H and W must be multiples of 16. At base width 128 it has 69,048,579 parameters; with
+  `sspcab` (the encoder's last block replaced by `layers.SSPCAB`) 54,629,763.
   """
 
   width: int = 128
   out_channels: int = 3
   dtype: Dtype = jnp.float32
   layer_impl: str = "custom"  # "custom" or "plain" (layers.py); same variables either way.
+  sspcab: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -49,7 +56,10 @@ class ReconstructiveSubNetwork(nn.Module):
     for i, mult in enumerate((1, 2, 4, 8)):
       x = Block(mult * w, dtype=dt, impl=impl, name=f"enc_block{i + 1}")(x, train)
       x = layers.max_pool(x, impl)  # Looked up at call time (onnx_ops).
-    x = Block(8 * w, dtype=dt, impl=impl, name="enc_block5")(x, train)
+    if self.sspcab:
+      x = SSPCAB(8 * w, dtype=dt, name="enc_sspcab")(x)
+    else:
+      x = Block(8 * w, dtype=dt, impl=impl, name="enc_block5")(x, train)
     # Decoder: up+conv(c->c), conv(c->c), conv(c->c').
     for i, (c, c_out) in enumerate(((8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w), (w, w))):
       x = UpConvBNReLU(c, dtype=dt, impl=impl, name=f"dec_up{i + 1}")(x, train)
@@ -100,10 +110,11 @@ class DRAEM(nn.Module):
   disc_width: int = 64
   dtype: Dtype = jnp.float32
   layer_impl: str = "custom"  # "custom" or "plain" (see layers.py); not "auto".
+  sspcab: bool = False
 
   def setup(self):
     self.reconstructive = ReconstructiveSubNetwork(self.recon_width, 3, self.dtype,
-                                                   self.layer_impl)
+                                                   self.layer_impl, self.sspcab)
     self.discriminative = DiscriminativeSubNetwork(self.disc_width, 2, self.dtype,
                                                    self.layer_impl)
 
@@ -113,6 +124,69 @@ class DRAEM(nn.Module):
     rec = self.reconstructive(x, train)
     logits = self.discriminative(jnp.concatenate([rec, x.astype(rec.dtype)], axis=-1), train)
     return rec, logits
+
+
+class DiscriminativeOnly(nn.Module):
+  """The paper's "Disc." ablation: the discriminative network alone on the input.
+
+  (B, H, W, 3) -> (None, logits (B, H, W, 2)); trained with the focal loss only.
+  """
+
+  disc_width: int = 64
+  dtype: Dtype = jnp.float32
+  layer_impl: str = "custom"
+
+  def setup(self):
+    self.discriminative = DiscriminativeSubNetwork(self.disc_width, 2, self.dtype,
+                                                   self.layer_impl)
+
+  def __call__(self, x: jax.Array, train: bool) -> tuple[None, jax.Array]:
+    return None, self.discriminative(x, train)
+
+
+class ReconstructiveAE(nn.Module):
+  """The paper's "Recon.-AE" ablation: the reconstructive network alone.
+
+  (B, H, W, 3) -> (reconstruction (B, H, W, 3), None); trained with l2 + (1 - SSIM), scored
+  by `anomaly_map` as 1 - SSIM(input, reconstruction).
+  """
+
+  recon_width: int = 128
+  dtype: Dtype = jnp.float32
+  layer_impl: str = "custom"
+  sspcab: bool = False
+
+  def setup(self):
+    self.reconstructive = ReconstructiveSubNetwork(self.recon_width, 3, self.dtype,
+                                                   self.layer_impl, self.sspcab)
+
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, None]:
+    return self.reconstructive(x, train), None
+
+
+VARIANTS = ("draem", "disc_only", "recon_ae")
+
+
+def anomaly_map(images: jax.Array, reconstruction: jax.Array | None,
+                logits: jax.Array | None) -> jax.Array:
+  """The per-pixel anomaly map of a model's outputs, (B, H, W) float32.
+
+  With logits (DRAEM, the discriminative network alone): the softmax probability of the
+  anomalous class. Without (the reconstructive network alone, the paper's Recon.-AE):
+  1 - SSIM(input, reconstruction) per pixel (11x11 Gaussian statistics, data range 1, so
+  that an image's map does not depend on the rest of its batch), averaged over the channels
+  and clipped to [0, 1] (SSIM below 0, anti-correlated structure, counts as fully anomalous).
+
+  Args:
+    images: (B, H, W, 3) network input in [0, 1].
+    reconstruction: (B, H, W, 3) or None.
+    logits: (B, H, W, 2) or None.
+  """
+  if logits is not None:
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+  ssim = losses.ssim_map(images.astype(jnp.float32), reconstruction.astype(jnp.float32),
+                         data_range=1.0)
+  return jnp.clip(1.0 - jnp.mean(ssim, axis=-1), 0.0, 1.0)
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict:
@@ -134,6 +208,8 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...
   """
   abstract = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False))
+  # Only the variables: init also returns what modules sow (SSPCAB's loss).
+  abstract = {name: abstract[name] for name in ("params", "batch_stats") if name in abstract}
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   names = [tuple(getattr(k, "key", str(k)) for k in path) for path, _ in leaves]
   kernel_fan_in = {name[:-1]: int(np.prod(leaf.shape[:-1]))
@@ -195,11 +271,13 @@ def _cpu_options_supported() -> bool:
     return False
 
 
-def create_model(model_config, platform: str | None = None) -> DRAEM:
-  """Builds `DRAEM` from config.model (recon_width, disc_width, dtype, layer_impl).
+def create_model(model_config, platform: str | None = None) -> nn.Module:
+  """Builds the model of config.model (variant, recon_width, disc_width, dtype, layer_impl,
+  sspcab).
 
   `model.layer_impl` "auto" (or absent, as in configs saved before it existed) is resolved
-  for `platform` (default: JAX's default backend) by `layers.resolve_layer_impl`.
+  for `platform` (default: JAX's default backend) by `layers.resolve_layer_impl`. A missing
+  model.variant / model.sspcab (older config.json) is DRAEM without SSPCAB.
   """
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if model_config.dtype not in dtypes:
@@ -210,8 +288,22 @@ def create_model(model_config, platform: str | None = None) -> DRAEM:
         raise ConfigError(f"model.{field} must be a positive integer, got "
                         f"{getattr(model_config, field)!r}.")
   impl = layers.resolve_layer_impl(model_config.get("layer_impl", "auto"), platform)
-  return DRAEM(int(model_config.recon_width), int(model_config.disc_width),
-               dtypes[model_config.dtype], impl)
+  variant = model_config.get("variant", "draem")
+  sspcab = model_config.get("sspcab", False)
+  if variant not in VARIANTS:
+    raise ConfigError(f"model.variant={variant!r} must be one of {VARIANTS}.")
+  if sspcab not in (True, False):
+    raise ConfigError(f"model.sspcab={sspcab!r} must be True or False.")
+  if sspcab and variant == "disc_only":
+    raise ConfigError("model.sspcab=True replaces a block of the reconstructive network, which "
+                      "model.variant='disc_only' does not have.")
+  dtype = dtypes[model_config.dtype]
+  recon, disc = int(model_config.recon_width), int(model_config.disc_width)
+  if variant == "disc_only":
+    return DiscriminativeOnly(disc, dtype, impl)
+  if variant == "recon_ae":
+    return ReconstructiveAE(recon, dtype, impl, bool(sspcab))
+  return DRAEM(recon, disc, dtype, impl, bool(sspcab))
 
 
 def count_params(params) -> int:
@@ -219,16 +311,17 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
-def predict(model: DRAEM, variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def predict(model: nn.Module, variables: dict, images: jax.Array
+            ) -> tuple[jax.Array | None, jax.Array]:
   """Inference: reconstruction and the pixel anomaly map (BatchNorm running statistics).
 
   Args:
-    model: the `DRAEM` module.
+    model: a module of `create_model`.
     variables: {'params', 'batch_stats'}.
     images: (B, H, W, 3) in [0, 1].
 
   Returns:
-    (reconstruction (B, H, W, 3), anomaly map (B, H, W) = softmax(logits)[..., 1]), float32.
+    (reconstruction (B, H, W, 3) or None, anomaly map (B, H, W) of `anomaly_map`), float32.
   """
   rec, logits = model.apply(variables, images, train=False)
-  return rec, jax.nn.softmax(logits, axis=-1)[..., 1]
+  return rec, anomaly_map(images, rec, logits)

@@ -150,3 +150,21 @@ def draem_loss(reconstruction: jax.Array, target: jax.Array, logits: jax.Array,
   ssim_term = 1.0 - ssim(reconstruction, target)
   focal_term = focal(logits, mask)
   return Losses(l2_term + ssim_term + focal_term, l2_term, ssim_term, focal_term)
+
+
+def model_loss(reconstruction: jax.Array | None, target: jax.Array, logits: jax.Array | None,
+               mask: jax.Array) -> Losses:
+  """The loss of whichever networks a model has (`models.VARIANTS`); absent terms are 0.
+
+  Both (DRAEM): `draem_loss`. Logits only (the discriminative network alone): the focal loss.
+  Reconstruction only (the reconstructive network alone): l2 + (1 - SSIM).
+  """
+  if reconstruction is not None and logits is not None:
+    return draem_loss(reconstruction, target, logits, mask)
+  zero = jnp.zeros((), jnp.float32)
+  if reconstruction is None:
+    focal_term = focal(logits, mask)
+    return Losses(focal_term, zero, zero, focal_term)
+  l2_term = l2(reconstruction, target)
+  ssim_term = 1.0 - ssim(reconstruction, target)
+  return Losses(l2_term + ssim_term, l2_term, ssim_term, zero)

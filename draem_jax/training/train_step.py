@@ -170,10 +170,13 @@ def make_train_step(
   the same key), or an already simulated {'target', 'augmented', 'mask'} (float32 in [0, 1],
   mask (B, H, W, 1)).
 
-  Metrics: the total loss and its terms l2, ssim (= 1 - SSIM) and focal, the learning rate of
-  this update (when `learning_rate_fn` is given), and the fraction of samples that carry an
-  anomaly.
+  Metrics: the total loss and its terms l2, ssim (= 1 - SSIM) and focal (those of the
+  model's networks, `losses.model_loss`; the others read 0), the learning rate of this update
+  (when `learning_rate_fn` is given), and the fraction of samples that carry an anomaly. With
+  model.sspcab, the loss adds model.sspcab_lambda x the SSPCAB block's own loss (the MSE
+  between its input and output), reported as "sspcab".
   """
+  sspcab_lambda = float(config.model.get("sspcab_lambda", 0.1))
 
   def inputs_of(step, batch):
     if "texture" in batch:
@@ -191,17 +194,25 @@ def make_train_step(
     def loss_fn(params):
       (rec, logits), updates = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, augmented, train=True,
-          mutable=["batch_stats"])
-      terms = losses_lib.draem_loss(rec, target, logits, mask)
-      return terms.total, (terms, updates["batch_stats"])
+          mutable=["batch_stats", "losses"])
+      terms = losses_lib.model_loss(rec, target, logits, mask)
+      sown = jax.tree_util.tree_leaves(updates.get("losses", {}))  # SSPCAB's, when present.
+      if not sown:
+        return terms.total, (terms, None, updates["batch_stats"])
+      block_loss = sum(sown)
+      return (terms.total + sspcab_lambda * block_loss,
+              (terms, block_loss, updates["batch_stats"]))
 
-    grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (terms, block_loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                            opt_state=opt_state)
     metrics = {"loss": terms.total, "l2": terms.l2, "ssim": terms.ssim, "focal": terms.focal,
                "anomaly_fraction": jnp.mean(has_anomaly)}
+    if block_loss is not None:
+      metrics["loss"] = terms.total + sspcab_lambda * block_loss
+      metrics["sspcab"] = block_loss
     if learning_rate_fn is not None:
       metrics["learning_rate"] = learning_rate_fn(state.step)
     return new_state, metrics

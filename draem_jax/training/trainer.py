@@ -7,6 +7,7 @@ TPU VM, SIGKILL, power loss) continues as if it had never stopped. SIGTERM saves
 at the current step before the process exits.
 """
 
+import json
 import logging as pylogging
 import math
 import os
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from draem_jax.training import checkpointing
 from draem_jax import config_lib
 from draem_jax import data as data_lib
+from draem_jax.data import pipeline
 from draem_jax.evaluation import evaluator
 from draem_jax import fileio
 from draem_jax.training import metric_writers
@@ -35,10 +37,11 @@ from draem_jax.evaluation import report
 from draem_jax.simulation import simulator
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
-from draem_jax.errors import ConfigError
+from draem_jax.errors import ConfigError, DataError
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
+SPLIT_FILE = "validation_files.json"  # The run's held-out (and training) file names.
 
 
 class TrainingDivergedError(RuntimeError):
@@ -193,6 +196,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
       _check_same_state_shapes(saved, config, changes, workdir, resumed_from, mesh)
       logging.warning("Continuing from step %d with a changed config (--allow_config_change): "
                       "%s", resumed_from, changes)
+  split = _check_split(config, workdir, resuming=resumed_from is not None)
 
   model = models.create_model(config.model)
   tx = train_step_lib.make_optimizer(config.optim, total_steps)
@@ -214,6 +218,8 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
     # Only now: config.json must describe a model that a checkpoint of the run matches.
     if process_index == 0:
       config_lib.save_config(config, workdir, step=resumed_from)
+      if split is not None:
+        fileio.atomic_write_json(workdir / SPLIT_FILE, split)
     local = config.train.batch_size // process_count
     logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
                  process_index, process_count, process_index * local,
@@ -249,6 +255,61 @@ def _train_one(config: ml_collections.ConfigDict, workdir: Path,
   finally:
     train_iter.close()
     checkpointer.close()
+
+
+def _check_split(config: ml_collections.ConfigDict, workdir: Path, resuming: bool
+                 ) -> dict[str, list[str]] | None:
+  """The run's split of train/good into training and held-out files, checked against the one
+  recorded in `workdir/validation_files.json` when the run resumes.
+
+  Membership is by file name (`pipeline.holdout_key`), so added or removed images leave every
+  other image where it was. What a resume must not do is move an image between the parts: a
+  held-out image would be trained on (its thresholds then come from images the networks have
+  seen), or an image trained on would be held out. That is refused before any compute.
+
+  Returns:
+    {'train': [...], 'validation': [...]} to record (None: no validation split, none recorded).
+
+  Raises:
+    DataError: a recorded file changed sides (the message names them and how to proceed).
+  """
+  path = workdir / SPLIT_FILE
+  if not (data_lib.has_validation_split(config) or path.is_file()):
+    return None
+  now = pipeline.split_file_names(config)
+  if not resuming:
+    return now
+  if not path.is_file():
+    logging.warning("%s does not exist (a run started before it was written): the validation "
+                    "split is recorded now, not compared.", path)
+    return now
+  try:
+    recorded = json.loads(path.read_text())
+    before_val, before_train = set(recorded["validation"]), set(recorded["train"])
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ConfigError(f"{path} is not a split written by train.py ({e!r}); restore it, or "
+                      "train in a new --workdir.") from e
+  to_train = sorted(before_val & set(now["train"]))
+  to_val = sorted(before_train & set(now["validation"]))
+  if to_train or to_val:
+    def some(names):
+      return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    moved = ([f"{len(to_train)} held-out image(s) would now be trained on ({some(to_train)})"]
+             if to_train else []) + (
+             [f"{len(to_val)} image(s) trained on would now be held out ({some(to_val)})"]
+             if to_val else [])
+    raise DataError(
+        f"the validation split of the run in {workdir} changed since it was recorded in "
+        f"{path}: {'; '.join(moved)}. Resuming would mix training and validation images. Use "
+        "the data.validation_* settings the run had (images may be added or removed: the "
+        "others keep their side), or train in a new --workdir.")
+  added = set(now["train"]) | set(now["validation"])
+  gone = (before_val | before_train) - added
+  if gone or added - before_val - before_train:
+    logging.info("Training images changed since the split was recorded: %d added, %d gone; "
+                 "every other image keeps its side.",
+                 len(added - before_val - before_train), len(gone))
+  return now
 
 
 def _state_shapes(config: ml_collections.ConfigDict, mesh) -> dict[str, tuple]:
