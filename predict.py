@@ -4,9 +4,12 @@
 
 Images may have any size and be RGB or grayscale. Writes one PNG per image (image | heatmap
 overlay | predicted mask) and scores.csv / scores.json with each image's raw score, normalised
-score (threshold at 0.5) and decision. The threshold is the one chosen on the run's validation
-split (thresholds.json; --sensitivity moves it), else the test-set F1-max threshold that
-evaluate.py found, or --threshold.
+score (threshold at 0.5) and decision; scores.csv grows as batches are scored. Files that
+cannot be read are listed in errors.csv and the rest scored (exit status 1). The threshold is
+the one chosen on the run's validation split (thresholds.json, chosen now if the checkpoint
+has none; --sensitivity moves it), else the test-set F1-max threshold of the run's own
+evaluation, or --threshold; export.py follows the same rule. The console says what the
+threshold's figures are: real defects of the test split first, synthetic anomalies after.
 """
 
 import sys
@@ -16,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from draem_jax import inference
+from draem_jax import scoring
 from draem_jax.errors import ConfigError, DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A folder written by train.py.")
@@ -42,8 +46,9 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  flagged = sum(r["anomalous"] for r in records)
-  print(f"{len(records)} images scored, {flagged} anomalous -> {_OUT.value}")
+  print(scoring.summary(records, records.errors, _OUT.value))
+  if records.errors:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

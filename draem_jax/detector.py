@@ -102,8 +102,8 @@ class Detector:
   """
 
   def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], *,
-               preprocess: image_io.Preprocess, batch_size: int, fixed_batch: bool, threshold: float,
-               pixel_threshold: float, normalize: Callable[[float], float | None],
+               preprocess: image_io.Preprocess, batch_size: int, fixed_batch: bool,
+               threshold: float, pixel_threshold: float, normalize: Callable[[float], float | None],
                step: int | None, metadata: dict[str, Any], backend: str):
     """Use `from_workdir` or `from_onnx`.
 
@@ -197,11 +197,15 @@ class Detector:
                 "category": str(run.config.data.category),
                 "image_size": run.config.data.image_size,
                 "image_score": evaluator.score_kind(run.config.eval),
-                "image_threshold": image_threshold, "pixel_threshold": pixel_threshold}
+                "image_threshold": image_threshold, "pixel_threshold": pixel_threshold,
+                "threshold_source": inference.threshold_source(chosen, threshold, sensitivity)}
+    if chosen is not None and threshold is None and sensitivity is None:
+      # The validation split's figures describe this very threshold (synthetic anomalies).
+      metadata["validation"] = chosen.get("validation")
     return cls(infer, preprocess=image_io.Preprocess.from_config(run.config.data),
-               batch_size=batch_size,
-               fixed_batch=True, threshold=image_threshold, pixel_threshold=pixel_threshold,
-               normalize=normalize, step=run.step, metadata=metadata, backend="jax")
+               batch_size=batch_size, fixed_batch=True, threshold=image_threshold,
+               pixel_threshold=pixel_threshold, normalize=normalize, step=run.step,
+               metadata=metadata, backend="jax")
 
   # -- The steps of `predict`, public so that a server can batch requests between them. -----
 

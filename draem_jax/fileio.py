@@ -6,8 +6,6 @@ to disk, and replaces the target with `os.replace` (atomic on POSIX and Windows)
 the temporary file is removed and the previous version of the target, if any, is left intact.
 """
 
-import csv
-import io
 import json
 import os
 import tempfile
@@ -62,18 +60,12 @@ def atomic_write_json(path: str | os.PathLike, value: Any, **dumps_kwargs) -> Pa
 
 
 SCORE_COLUMNS = ("file", "score", "normalized_score", "threshold", "anomalous")
+SCORES_CSV, SCORES_JSON = "scores.csv", "scores.json"
 
 
-def write_scores(out_dir: str | os.PathLike, records: list[dict]) -> None:
-  """`scores.csv` and `scores.json` of scored images (predict.py and the ONNX runner alike).
-
-  Each record has SCORE_COLUMNS; a `normalized_score` of None (no validation statistics) is an
-  empty CSV cell and a JSON null.
-  """
-  buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=list(SCORE_COLUMNS))
-  writer.writeheader()
-  writer.writerows([dict(r, normalized_score="" if r["normalized_score"] is None
-                         else r["normalized_score"]) for r in records])
-  atomic_write_text(Path(out_dir) / "scores.csv", buf.getvalue())
-  atomic_write_json(Path(out_dir) / "scores.json", records)
+def csv_rows(records: list[dict]) -> list[dict]:
+  """Scored-image records (SCORE_COLUMNS) as rows of scores.csv (predict.py and the ONNX runner
+  alike, `draem_jax.scoring`): a `normalized_score` of None (no validation statistics) is an
+  empty cell (a JSON null in scores.json)."""
+  return [dict(r, normalized_score="" if r["normalized_score"] is None
+               else r["normalized_score"]) for r in records]

@@ -6,7 +6,6 @@
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,11 +26,10 @@ from draem_jax.evaluation import metrics as metrics_lib
 from draem_jax import models
 from draem_jax.training import parallel
 from draem_jax.evaluation import report
+from draem_jax import scoring
 from draem_jax.training import train_step as train_step_lib
 from draem_jax.evaluation import validation
-from draem_jax.evaluation import visualize
 from draem_jax.data import images as images_lib
-from draem_jax.data import padding
 from draem_jax.errors import ConfigError
 from draem_jax.training.trainer import CHECKPOINT_DIR, EVAL_DIR
 
@@ -181,14 +179,39 @@ def eval_thresholds(workdir: Path, step: int) -> dict[str, float]:
           if saved.get(k) is not None}
 
 
-def _output_names(paths: Sequence[Path]) -> list[str]:
-  """Unique PNG names: the file stem, with a counter where two inputs share a stem."""
-  names, seen = [], {}
-  for p in paths:
-    count = seen.get(p.stem, 0)
-    seen[p.stem] = count + 1
-    names.append(f"{p.stem}.png" if count == 0 else f"{p.stem}_{count}.png")
-  return names
+def _source(validated: dict[str, Any] | None, found: dict[str, float]) -> str:
+  if validated is not None:
+    return f"validation split of train/good ({validated.get('method')}, thresholds.json)"
+  return ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
+          else "none: run evaluate.py or choose a threshold")
+
+
+def run_thresholds(run: LoadedRun, workdir: str | os.PathLike) -> dict[str, Any]:
+  """The decision thresholds of checkpoint `run.step`: one rule for predict.py (through
+  `decision_thresholds`) and export.py.
+
+  1. The validation split's: the checkpoint's thresholds.json, chosen now (and written) if the
+     run holds out a validation split and it is missing (an intermediate checkpoint, a run
+     stopped before its final evaluation).
+  2. Else the test-split F1-max thresholds that the run's own evaluation wrote to
+     `eval/<step>/metrics.json`.
+  3. Else none: the image threshold is None (pass one by hand).
+
+  Returns:
+    {'image_threshold': float or None, 'pixel_threshold': float (0.5 when none was found),
+     'threshold_source': str, 'validated': the thresholds.json content or None}.
+  """
+  workdir = Path(workdir).expanduser()
+  validated = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
+                                        workdir / EVAL_DIR / str(run.step), step=run.step)
+  if validated is not None:
+    return {"image_threshold": float(validated["image_threshold"]),
+            "pixel_threshold": float(validated["pixel_threshold"]),
+            "threshold_source": _source(validated, {}), "validated": validated}
+  found = eval_thresholds(workdir, run.step)
+  return {"image_threshold": found.get("f1_threshold"),
+          "pixel_threshold": found.get("pixel_f1_threshold", 0.5),
+          "threshold_source": _source(None, found), "validated": None}
 
 
 def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None = None,
@@ -196,18 +219,18 @@ def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None =
                         ) -> tuple[float, float, dict[str, Any] | None]:
   """The image and pixel thresholds that predict.py decides with, and the validation statistics.
 
-  The image threshold is `threshold`; else the validation split's (thresholds.json of the
-  checkpoint, chosen now if the run holds out a validation split and it is missing), moved by
-  `sensitivity` (default: the one it was chosen with); else the test-set F1-max threshold
-  found by evaluate.py.
+  The image threshold is `threshold`; else that of `run_thresholds` (as export.py's), the
+  validation split's moved by `sensitivity` (default: the one it was chosen with).
 
   Returns:
     (image threshold, pixel threshold, the validation thresholds with their min-max statistics
     for `validation.normalize`, or None without a validation split).
+
+  Raises:
+    ConfigError: no threshold at all, or --sensitivity without a validation split.
   """
-  chosen = validation.thresholds_for(run.config, run.variables, run.model, run.mesh,
-                                     workdir / EVAL_DIR / str(run.step), step=run.step)
-  found = eval_thresholds(workdir, run.step)
+  decided = run_thresholds(run, workdir)
+  chosen = decided["validated"]
   if chosen is not None:
     if sensitivity is not None:
       chosen = validation.with_sensitivity(chosen, sensitivity)
@@ -218,45 +241,85 @@ def decision_thresholds(workdir: Path, run: LoadedRun, threshold: float | None =
     raise ConfigError("--sensitivity needs the validation split's statistics, and this run "
                       "has none (data.validation_fraction=0); pass --threshold instead.")
   if threshold is None:
-    if "f1_threshold" not in found:
+    if decided["image_threshold"] is None:
       raise ConfigError(
           f"no decision threshold: {workdir / EVAL_DIR / str(run.step) / 'metrics.json'} "
           f"does not exist. Run `python evaluate.py --workdir {workdir}` first (it finds the "
           "F1-max threshold on the test split), or pass --threshold, or train with "
           "--config.data.validation_fraction=0.1 to choose it on held-out good images.")
-    threshold = found["f1_threshold"]
-  return float(threshold), float(found.get("pixel_f1_threshold", 0.5)), None
+    threshold = decided["image_threshold"]
+  return float(threshold), float(decided["pixel_threshold"]), None
+
+
+def threshold_source(chosen: dict[str, Any] | None, threshold: float | None,
+                     sensitivity: float | None) -> str:
+  """Where `decision_thresholds`' image threshold came from, in words."""
+  if threshold is not None:
+    return "given by hand (--threshold)"
+  if chosen is not None and sensitivity is not None:
+    return _source(chosen, {}) + f", moved by --sensitivity={sensitivity:g}"
+  return _source(chosen, {"f1_threshold": 0.0})
+
+
+def describe_thresholds(metadata: dict[str, Any], workdir: Path) -> str:
+  """What the decision threshold is and what is known of it, for predict.py's console: the
+  real defects of the test split first (if the run's evaluation measured them at this
+  threshold), then the validation split's figures, labelled as synthetic.
+
+  Args:
+    metadata: a `Detector.from_workdir`'s metadata (image_threshold, threshold_source,
+      checkpoint_step and, for the validation split's own threshold, its 'validation' block).
+    workdir: the run's folder.
+  """
+  lines = [f"Image threshold {metadata['image_threshold']:.4g}: "
+           f"{metadata['threshold_source']}."]
+  val = metadata.get("validation")
+  if not val:
+    return lines[0]
+  path = workdir / EVAL_DIR / str(metadata["checkpoint_step"]) / evaluator.METRICS_FILE
+  real = json.loads(path.read_text()).get("validation_threshold") if path.is_file() else None
+  if real:
+    lines.append(f"  On the test split's real defects at this threshold: recall "
+                 f"{_percent(real.get('image_recall'))}, false-positive rate "
+                 f"{_percent(real.get('image_fpr'))} ({path}).")
+  at = val.get("synthetic_image", val.get("image")) or {}
+  auroc = val.get("synthetic_image_auroc", val.get("image_auroc"))
+  lines.append(f"  On the validation split's synthetic anomalies: image AUROC {_percent(auroc)}, "
+               f"recall {_percent(at.get('recall'))}. " + validation.SYNTHETIC_NOTE)
+  return "\n".join(lines)
+
+
+def _percent(value) -> str:
+  return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def predict_images(workdir: str | os.PathLike, images: str, out_dir: str | os.PathLike,
                    step: int | None = None, threshold: float | None = None,
                    write_overlays: bool = True,
-                   sensitivity: float | None = None) -> list[dict[str, Any]]:
+                   sensitivity: float | None = None) -> scoring.Scored:
   """Scores images of any size (RGB or grayscale) with a trained run (`draem_jax.Detector`).
 
   Writes `<out_dir>/<name>.png` (image | heatmap overlay | predicted mask, at the image's own
-  resolution), `scores.csv` and `scores.json`. An image is called anomalous when its raw score
-  is >= the threshold of `decision_thresholds`. With validation statistics each record also
-  has `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
+  resolution), `scores.csv` (as batches are scored) and `scores.json`; files that cannot be
+  read are skipped and listed in `errors.csv` (`draem_jax.scoring`). An image is called
+  anomalous when its raw score is >= the threshold of `decision_thresholds` (export.py's
+  rule, or `threshold`, or moved by `sensitivity`). With validation statistics each record
+  also has `normalized_score` (the threshold at 0.5, `metrics.normalize_scores`).
 
   Returns:
-    One record per image: file, score (raw), normalized_score (None without validation
-    statistics), threshold (raw), anomalous.
+    One record per readable image (file, score (raw), normalized_score (None without
+    validation statistics), threshold (raw), anomalous), as a list whose `errors` attribute
+    holds one {'file', 'error'} per file that could not be read.
   """
   from draem_jax.detector import Detector  # pylint: disable=g-import-not-at-top
+  workdir = Path(workdir).expanduser()
+  out_dir = scoring.check_out_dir(out_dir)  # Before the model loads.
   paths = find_images(images)
   detector = Detector.from_workdir(workdir, step, threshold=threshold, sensitivity=sensitivity)
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  names = _output_names(paths)
-  records = []
-  batch_size = detector.batch_size
-  for start in tqdm(range(0, len(paths), batch_size), desc="scoring", unit="batch"):
-    for i, result in enumerate(detector.predict(paths[start:start + batch_size])):
-      records.append(result.record())
-      if write_overlays:
-        visualize.save_png(out_dir / names[start + i], result.panel())
-  fileio.write_scores(out_dir, records)
+  if jax.process_index() == 0:
+    print(describe_thresholds(detector.metadata, workdir))
+  records = scoring.score_files(detector, paths, out_dir, write_overlays=write_overlays,
+                                progress=lambda s: tqdm(s, desc="scoring", unit="batch"))
   logging.info("Scored %d images; %d anomalous at threshold %.4f -> %s", len(records),
                sum(r["anomalous"] for r in records), detector.threshold, out_dir)
   return records

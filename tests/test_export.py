@@ -45,6 +45,19 @@ def test_onnx_and_jax_export_match_predict(trained_workdir, tmp_path):
     jmaps, jscores = (np.asarray(a) for a in exported.call(x))
     np.testing.assert_allclose(jmaps, want_maps, atol=1e-4, rtol=0)
     np.testing.assert_allclose(jscores, want_scores, atol=1e-4, rtol=0)
+  # The runner scores a dynamic-batch model --batch_size images per session call.
+  from draem_jax.deployment import runner
+  from draem_jax.detector import Detector
+  detector = Detector.from_onnx(paths["onnx"], batch_size=2)
+  calls = []
+  infer = detector._infer  # pylint: disable=protected-access
+  detector._infer = lambda batch: calls.append(len(batch)) or infer(batch)
+  files = [BOTTLE / "test" / "broken_large" / f"00{i}.png" for i in range(5)]
+  records = runner.score_images(detector, files, tmp_path / "dep", False)
+  assert calls == [2, 2, 1] and not records.errors
+  x = np.stack([images_lib.load_image(p, 32) for p in files]).astype(np.float32) / 255.0
+  np.testing.assert_allclose([r["score"] for r in records], session.run(None, {"image": x})[1],
+                             atol=1e-6, rtol=0)
 
 
 def _op_counts(model_proto) -> dict[str, int]:
@@ -214,21 +227,26 @@ def _threshold_between(scores):
 
 
 def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
+  # A model exported with a fixed batch of 4 scores 6 images (one batch padded); one more file
+  # cannot be read: both predict.py and the runner score the rest and list it in errors.csv.
   import csv
   import subprocess
   import sys
   from draem_jax.deployment import runner
   workdir = helpers.copy_with_validation_stats(trained_workdir, tmp_path / "run")
-  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=1)
+  paths = export.export_run(workdir, tmp_path / "m.onnx", batch=4)
   assert json.loads(paths["metadata"].read_text())["normalization"]["image_max"] == 0.75
   inputs = tmp_path / "inputs"
   inputs.mkdir()
   for name in ("000.png", "001.png", "002.png", "003.png"):
     (inputs / name).write_bytes((BOTTLE / "test" / "broken_large" / name).read_bytes())
+  (inputs / "002b.png").write_bytes(b"not a PNG")  # Sorted between the readable ones.
   for name in ("000.png", "001.png"):
     (inputs / f"good{name}").write_bytes((BOTTLE / "test" / "good" / name).read_bytes())
   first = inference.predict_images(workdir, str(inputs), tmp_path / "pred0",
                                    write_overlays=False)
+  assert [e["file"] for e in first.errors] == [str(inputs / "002b.png")] and len(first) == 6
+  assert "Cannot read image" in first.errors[0]["error"]
   # A threshold between the scores: some images on each side, none within rounding of it.
   threshold = _threshold_between([r["score"] for r in first])
   inference.predict_images(workdir, str(inputs), tmp_path / "pred", threshold=threshold,
@@ -240,12 +258,16 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
           "print('JAXMODULES', bad); sys.exit(rc)")
   done = subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 1, done.stderr[-3000:]  # Non-zero: a file was not scored.
   assert "JAXMODULES []" in done.stdout
+  assert "6 images scored" in done.stdout and "1 could not be read" in done.stdout
   read = lambda p: list(csv.DictReader(open(p)))
+  for out in ("pred", "dep"):
+    assert [r["file"] for r in read(tmp_path / out / "errors.csv")] == [str(inputs / "002b.png")]
   want, got = read(tmp_path / "pred" / "scores.csv"), read(tmp_path / "dep" / "scores.csv")
   assert list(got[0]) == list(want[0])  # Same columns, normalized_score included.
   assert [r["file"] for r in got] == [r["file"] for r in want]
+  assert len(got) == 6 and json.loads((tmp_path / "dep" / "scores.json").read_text()) != []
   assert {r["anomalous"] for r in want} == {"True", "False"}
   for g, w in zip(got, want):
     assert float(g["score"]) == pytest.approx(float(w["score"]), abs=1e-4)
@@ -259,9 +281,112 @@ def test_runner_matches_predict_and_imports_no_jax(trained_workdir, tmp_path):
     model(np.zeros((1, 64, 64, 3), np.float32))
   with pytest.raises(runner.DataError, match="must be"):
     model(np.zeros((1, 32, 32, 1), np.float32))
+  # A fixed batch of 4: the detector pads 6 images to two calls of 4 (checked above: same
+  # scores as predict.py).
+  from draem_jax.detector import Detector
+  assert Detector.from_onnx(paths["onnx"]).batch_size == 4
   corrupt = tmp_path / "corrupt.onnx"
   corrupt.write_bytes(paths["onnx"].read_bytes()[:1000])
   corrupt.with_suffix(".json").write_text(paths["metadata"].read_text())
   with pytest.raises(runner.DataError, match="not a readable ONNX"):
     runner.Model(corrupt)
+  # A corrupt model.json: one clear error naming it, not a JSONDecodeError.
+  broken = tmp_path / "broken.onnx"
+  broken.write_bytes(paths["onnx"].read_bytes())
+  broken.with_suffix(".json").write_text(paths["metadata"].read_text()[:50])
+  with pytest.raises(runner.DataError, match=r"broken.json is not the metadata export.py"):
+    runner.Model(broken)
+  # --out naming an existing file: a clear error before any model is loaded.
+  taken = tmp_path / "taken.csv"
+  taken.write_text("keep me")
+  assert runner.main(["--model", str(broken), "--images", str(inputs), "--out", str(taken)]) == 2
+  with pytest.raises(inference.ConfigError, match="--out .*taken.csv is an existing file"):
+    inference.predict_images(tmp_path / "no_such_run", str(inputs), taken)
+  assert taken.read_text() == "keep me"
 
+
+
+def _copy_with_config(workdir, dest, **changes):
+  """A copy of the run with config.json fields changed ({'group.field': value})."""
+  import shutil
+  shutil.copytree(workdir, dest)
+  config = json.loads((dest / "config.json").read_text())
+  for field, value in changes.items():
+    group, name = field.split(".")
+    config[group][name] = value
+  (dest / "config.json").write_text(json.dumps(config))
+  return dest
+
+
+def test_export_and_predict_choose_the_same_thresholds_without_thresholds_json(
+    trained_workdir, tmp_path):
+  # A run holding out a validation split whose checkpoint has no thresholds.json (an
+  # intermediate step, a run stopped before its final evaluation): export.py chooses them on
+  # the validation split as predict.py does, not the test split's F1-max.
+  workdir = _copy_with_config(trained_workdir, tmp_path / "run",
+                              **{"data.validation_fraction": 0.1})
+  eval_dir = workdir / "eval" / str(STEPS)
+  assert not (eval_dir / "thresholds.json").exists()
+  paths = export.export_run(workdir, tmp_path / "m.onnx")
+  meta = json.loads(paths["metadata"].read_text())
+  chosen = json.loads((eval_dir / "thresholds.json").read_text())  # Written, as predict.py.
+  assert meta["image_threshold"] == chosen["image_threshold"]
+  assert meta["pixel_threshold"] == chosen["pixel_threshold"]
+  assert "validation split" in meta["threshold_source"]
+  assert meta["normalization"]["image_max"] == chosen["image_max"]
+  f1 = json.loads((eval_dir / "metrics.json").read_text())["f1_threshold"]
+  assert meta["image_threshold"] != f1
+  run = inference.load_run(workdir)
+  assert inference.run_thresholds(run, workdir)["image_threshold"] == meta["image_threshold"]
+  records = inference.predict_images(workdir, str(BOTTLE / "test" / "good" / "000.png"),
+                                     tmp_path / "pred", write_overlays=False)
+  assert records[0]["threshold"] == meta["image_threshold"]
+
+
+def test_bfloat16_run_exports_float32_onnx_that_onnxruntime_runs(trained_workdir, tmp_path):
+  import onnx
+  workdir = _copy_with_config(trained_workdir, tmp_path / "run", **{"model.dtype": "bfloat16"})
+  paths = export.export_run(workdir, tmp_path / "m.onnx", int8=True, calibration_images=4)
+  graph = onnx.load(str(paths["onnx"])).graph
+  assert not [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.BFLOAT16]
+  meta = json.loads(paths["metadata"].read_text())
+  assert meta["compute_dtype"] == "float32" and meta["trained_dtype"] == "bfloat16"
+  # The float32 network of the same parameters.
+  run = inference.load_run(trained_workdir)
+  x = _bottle_batch(32, ["001.png", "002.png"])
+  _, want = (np.asarray(a) for a in jax.jit(evaluator.make_predict_fn(run.model, 21))(
+      jax.device_get(run.variables), x))
+  for path in (paths["onnx"], paths["int8_onnx"]):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, scores = session.run(None, {"image": x})
+    np.testing.assert_allclose(scores, want, atol=1e-4 if path == paths["onnx"] else 0.1)
+
+
+def test_int8_export_of_a_p99_run_and_nothing_half_written_on_failure(trained_workdir, tmp_path,
+                                                                     monkeypatch):
+  # eval.image_score='p99' has no mean filter: the layers kept float are told by what they
+  # are, not by their position.
+  import onnx
+  from draem_jax.deployment import quantize
+  workdir = _copy_with_config(trained_workdir, tmp_path / "run", **{"eval.image_score": "p99"})
+  paths = export.export_run(workdir, tmp_path / "m.onnx", int8=True, calibration_images=4)
+  meta = json.loads(paths["int8_metadata"].read_text())
+  graph = onnx.load(str(paths["int8_onnx"])).graph
+  weights = {t.name: tuple(t.dims) for t in graph.initializer}
+  float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in weights]
+  assert sorted(n.name for n in float_convs) == sorted(meta["quantization"]["float_convolutions"])
+  assert sorted(weights[n.input[1]][:2] for n in float_convs) == [(2, 4), (3, 4), (4, 3), (4, 6)]
+  assert meta["image_score"] == "p99"
+  # A failure in the 8-bit stage leaves what was there and writes nothing new.
+  out = tmp_path / "again"
+  out.mkdir()
+  (out / "m.onnx").write_bytes(b"an earlier export")
+
+  def fail(*args, **kwargs):
+    raise RuntimeError("quantizer failed")
+
+  monkeypatch.setattr(quantize, "quantize", fail)
+  with pytest.raises(RuntimeError, match="quantizer failed"):
+    export.export_run(workdir, out / "m.onnx", int8=True, calibration_images=4)
+  assert sorted(p.name for p in out.iterdir()) == ["m.onnx"]
+  assert (out / "m.onnx").read_bytes() == b"an earlier export"

@@ -129,3 +129,9 @@ def test_bad_overrides_and_data_stop_before_any_compute(mini_bottle, shared_data
   assert gpu_suite.main(base + ["--data_root", str(mini_bottle), "--set",
                                 "model.dtype=float16"]) == 2
   assert not list(tmp_path.iterdir())
+  # The paper's configuration with crops, on the suite's path.
+  suite = gpu_suite.Suite(gpu_suite.parse_args(base + [
+      "--data_root", str(mini_bottle), "--phases", "3", "--set", "data.crop_size=32",
+      "--set", "data.image_size=(64, 96)"]))
+  config = suite.bottle_config(1)
+  assert config.data.crop_size == 32 and tuple(config.data.image_size) == (64, 96)

@@ -1,8 +1,11 @@
 """Multi-process training with real JAX processes on localhost (CPU collectives over gloo).
 
 One uninterrupted 2-process run (2 processes x 1 CPU device) on the real bottle images is shared
-by the tests: it must train like 1 process with 2 devices at the same global batch, and a
-2-process run killed with SIGKILL and restarted must end in exactly its state.
+by the tests: it must train, calibrate its thresholds on the validation split and evaluate like
+1 process with 2 devices at the same global batch (eval.batch_size 3: every evaluation batch is
+padded across the processes), and a 2-process run killed with SIGKILL, stopped with SIGTERM on
+one process and restarted must end in exactly its state; a restart on another number of
+processes is refused.
 """
 
 import json
@@ -23,6 +26,7 @@ from draem_jax.training import parallel
 
 TOTAL_STEPS = 12
 BATCH = 4  # Global batch: 2 rows per process.
+EVAL_BATCH = 3  # Not a multiple of the 2 devices: padded to 4.
 
 
 def _free_port() -> int:
@@ -39,6 +43,8 @@ def _command(workdir: Path, every_steps: int, extra=()) -> list[str]:
   config.checkpoint.every_steps = every_steps
   config.checkpoint.max_to_keep = 10
   config.eval.write_overlays = False
+  config.eval.batch_size = EVAL_BATCH
+  config.data.validation_fraction = 0.1  # 18 of bottle's 209 images held out.
   return [sys.executable, str(helpers.REPO / "train.py"), "--config",
           str(helpers.REPO / "configs" / "mvtec.py"), f"--workdir={workdir}",
           *helpers.config_flags(config), *extra]
@@ -118,7 +124,24 @@ def test_two_processes_train_like_one_process_with_two_devices(runs):
   assert (data / files[0]).read_text() == (data / files[1]).read_text()
 
 
-def test_sigkill_one_process_then_restart_all_is_bit_identical(runs, tmp_path):
+def test_two_processes_calibrate_like_one_process_with_two_devices(runs):
+  """The synthetic validation split scored across 2 processes (batches of 3 padded to 4)
+  chooses the thresholds that 1 process with 2 devices chooses."""
+  chosen = [json.loads((runs[r] / "eval" / str(TOTAL_STEPS) / "thresholds.json").read_text())
+            for r in ("two", "one")]
+  assert chosen[0]["validation"]["files"] == chosen[1]["validation"]["files"]
+  assert chosen[0]["validation"]["num_images"] == 18
+  assert (chosen[0]["validation"]["num_synthetic_anomalous"]
+          == chosen[1]["validation"]["num_synthetic_anomalous"] > 0)
+  for key in ("image_threshold", "pixel_threshold", "image_min", "image_max"):
+    np.testing.assert_allclose(chosen[0][key], chosen[1][key], rtol=1e-3, atol=1e-5,
+                               err_msg=key)
+  recorded = json.loads((runs["two"] / "validation_files.json").read_text())
+  assert recorded["validation"] == chosen[0]["validation"]["files"]
+  assert len(recorded["train"]) == 191
+
+
+def test_sigkill_sigterm_and_another_process_count_then_resume_bit_identically(runs, tmp_path):
   workdir = tmp_path / "killed"
   procs = _start(workdir, 2, every_steps=4)
   start = time.time()
@@ -138,7 +161,44 @@ def test_sigkill_one_process_then_restart_all_is_bit_identical(runs, tmp_path):
     procs[0].wait()
   for p in procs:
     p.stdout.close()
-  assert _steps(workdir)[-1] < TOTAL_STEPS
+  restart_from = _steps(workdir)[-1]
+  assert restart_from < TOTAL_STEPS
+
+  # SIGTERM to process 1 alone, once process 0 has logged a step past the checkpoint: both
+  # save the same step and exit 143. (Lines the killed run logged past its checkpoint are
+  # still in metrics.jsonl: wait for a line of the restarted run.)
+  metrics = workdir / "metrics.jsonl"
+  stale = set(metrics.read_text().splitlines()) if metrics.is_file() else set()
+  step_of = lambda line: int(line.split('"step": ')[1].split(",")[0])
+  procs = _start(workdir, 2, every_steps=4)
+  start = time.time()
+  while not (metrics.is_file() and any(step_of(l) > restart_from and l not in stale
+                                       for l in metrics.read_text().splitlines() if l.strip())):
+    for p in procs:
+      if p.poll() is not None:
+        raise AssertionError(f"exited early with {p.returncode}:\n{p.stdout.read()[-3000:]}")
+    assert time.time() - start < 400, "timed out waiting for the restarted run"
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  if any(p.returncode == 0 for p in procs):
+    pytest.fail("training finished before SIGTERM; make the run longer")
+  assert [p.returncode for p in procs] == [143, 143], outs[1][-3000:]
+  stopped_at = _steps(workdir)[-1]
+  assert restart_from < stopped_at < TOTAL_STEPS
+  data = workdir / "checkpoints" / str(stopped_at) / "data"
+  assert sorted(p.name for p in data.iterdir()) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+  # Another number of processes (1 process with 2 devices): refused with both counts named,
+  # before any training step, and nothing in the run changes.
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  done = subprocess.run(_command(workdir, 4), env=_env(2), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert (f"checkpoint {stopped_at} in {workdir / 'checkpoints'} was written by 2 processes; "
+          "this run has 1") in done.stderr
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
   outs = _finish(_start(workdir, 2, every_steps=4))
   assert all("Resuming from step" in out for out in outs)
   reference, resumed = _final_state(runs["two"]), _final_state(workdir)

@@ -171,6 +171,57 @@ def test_report_without_masks_has_image_plots_only(tmp_path):
   assert {k for k, _, _ in page.cells["metrics"]} == {"image_auroc", "f1_threshold"}
 
 
+def test_report_shows_validation_threshold_and_names_threshold_and_score(tmp_path,
+                                                                         monkeypatch):
+  # A run with a validation split and eval.image_score='p99': the page shows the test split's
+  # metrics at the validation thresholds (real defects) before the validation split's own
+  # figures (synthetic anomalies, labelled so), and the histogram names the real threshold
+  # kind and image score.
+  labels, types, names, scores, _, _ = _eval_inputs()
+  at = {"image_threshold": 0.5, "image_precision": 0.75, "image_recall": 0.6,
+        "image_f1": 0.6667, "image_fpr": 0.1667, "image_accuracy": 0.6}
+  saved = {"category": "bottle", "step": 3, "has_masks": False, "image_auroc": 0.8,
+           "f1_threshold": 0.45, "validation_threshold": at}
+  thresholds = {"method": "fpr", "image_threshold": 0.5, "pixel_threshold": 0.4,
+                "validation": {"num_images": 21, "num_synthetic_anomalous": 20,
+                               "synthetic_image_auroc": 0.937, "synthetic_image": {
+                                   "threshold": 0.5, "recall": 0.96, "fpr": 0.05}}}
+  figures = {}
+  save = report._save_figure  # pylint: disable=protected-access
+
+  def keep(fig, path):
+    figures[path.name] = fig
+    return save(fig, path)
+
+  monkeypatch.setattr(report, "_save_figure", keep)
+  path = report.write_report(tmp_path, saved, labels, types, names, scores,
+                             config={"eval": {"image_score": "p99", "mean_filter_size": 21}},
+                             thresholds=thresholds)
+  text = path.read_text()
+  page = _parse(path)
+  cells = {k: float(v) for k, v, _ in page.cells["validation-threshold"]}
+  assert cells == pytest.approx(at)
+  synthetic = {k: float(v) for k, v, _ in page.cells["synthetic"]}
+  assert synthetic["synthetic_image_auroc"] == 0.937
+  assert synthetic["synthetic_image_recall"] == 0.96
+  assert text.index('id="metrics"') < text.index('id="validation-threshold"') < \
+      text.index('id="synthetic"')
+  assert "not on real defects" in text and "99th percentile of the anomaly map" in text
+  assert "validation-split threshold (fpr)" in text
+  ax = figures["scores.png"].axes[0]
+  assert ax.get_xlabel() == "image score (99th percentile of the anomaly map)"
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert "validation-split threshold (fpr) 0.5" in legend
+  assert not any("F1-max" in t for t in legend)
+  # Without a validation split: the test-split F1-max threshold, the paper's score.
+  figures.clear()
+  report.write_report(tmp_path / "f1", {**saved, "validation_threshold": None}, labels, types,
+                      names, scores)
+  ax = figures["scores.png"].axes[0]
+  assert ax.get_xlabel() == "image score (max of the 21x21 mean-filtered anomaly map)"
+  assert "test-split F1-max threshold 0.45" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_index_links_each_category_report(report_dir, tmp_path):
   out, path, _ = report_dir
   saved = json.loads((out / "metrics.json").read_text())

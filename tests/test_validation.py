@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import sklearn.metrics as skm
 from PIL import Image
 
 import helpers
@@ -71,44 +70,50 @@ def test_validation_images_never_reach_training(tmp_path):
     pipeline.validate_data_config(config, require_test=False)
 
 
-def test_thresholds_normalisation_and_metrics_against_references():
-  rng = np.random.default_rng(3)
-  labels = np.r_[np.zeros(20, int), np.ones(20, int)]
-  scores = rng.random(40) + 0.5 * labels
-  masks = np.zeros((40, 8, 8))
-  masks[20:, 2:5, 2:5] = 1
-  maps = rng.random((40, 8, 8)) * 0.6 + 0.4 * masks
+def test_thresholds_and_normalisation_on_a_hand_computed_split():
+  # Six images, three with an anomaly. Image F1 by threshold (score >= t), worked by hand:
+  # t=0.9: P 1, R 1/3, F1 0.5; t=0.8: P 1, R 2/3, F1 0.8; t=0.4: 2/3; t=0.35: 0.571;
+  # t=0.3: 0.75; t=0.1: 0.667. So the F1-max threshold is 0.8.
+  labels = np.array([0, 0, 0, 1, 1, 1])
+  scores = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9])
+  # Two pixels per image; the first pixel of each anomalous image is the defect. Every defect
+  # pixel (0.9, 0.6, 0.7) is above every normal pixel (at most 0.5): pixel F1 is 1 at 0.6.
+  masks = np.zeros((6, 1, 2))
+  masks[3:, 0, 0] = 1
+  maps = np.array([[0.2, 0.1], [0.3, 0.2], [0.1, 0.1], [0.9, 0.2], [0.6, 0.5],
+                   [0.7, 0.1]]).reshape(6, 1, 2)
   chosen = validation.choose_thresholds(labels, scores, masks, maps, method="f1")
-  assert chosen["image_threshold"] == metrics.f1_max(labels, scores)[1]
-  assert chosen["pixel_threshold"] == metrics.f1_max(masks > 0.5, maps)[1]
-  # Normalised: the threshold at 0.5, order kept, decisions unchanged.
-  norm = validation.normalize(chosen, scores)
-  assert validation.normalize(chosen, np.float64(chosen["image_threshold"])) == 0.5
-  order = np.argsort(scores)
-  assert np.all(np.diff(norm[order]) >= 0) and norm.min() >= 0 and norm.max() <= 1
-  assert np.array_equal(norm >= 0.5, scores >= chosen["image_threshold"])
-  # A chosen false-positive rate on the normal images: at most floor(0.1 * 20) = 2 of them.
-  by_fpr = validation.choose_thresholds(labels, scores, masks, maps, method="fpr",
-                                        target_fpr=0.1)
-  assert np.sum(scores[:20] >= by_fpr["image_threshold"]) == 2
-  assert np.sum(scores[:20] >= np.sort(scores[:20])[-3]) == 3  # The next score would be a 3rd.
-  assert np.mean(maps[:20] >= by_fpr["pixel_threshold"]) <= 0.1
-  # Sensitivity: higher flags more, in normalised units the boundary moves by s - 0.5.
+  assert chosen["image_threshold"] == chosen["base_image_threshold"] == 0.8
+  assert chosen["pixel_threshold"] == 0.6
+  assert (chosen["image_min"], chosen["image_max"]) == (0.1, 0.9)
+  assert (chosen["pixel_min"], chosen["pixel_max"]) == (0.1, 0.9)
+  # Normalised: (score - 0.8) / 0.8 + 0.5, clipped to [0, 1]: 0.4 and below read 0.
+  np.testing.assert_allclose(validation.normalize(chosen, scores),
+                             [0.0, 0.0, 0.0, 0.5, 0.0, 0.625], atol=1e-12)
+  assert validation.normalize(chosen, np.float64(0.6)) == pytest.approx(0.25, abs=1e-12)
+  # Sensitivity 0.7 lowers the threshold by 0.2 of the range 0.8: to 0.64, where the normalised
+  # score is 0.3.
   high = validation.with_sensitivity(chosen, 0.7)
-  span = chosen["image_max"] - chosen["image_min"]
-  assert high["image_threshold"] == pytest.approx(chosen["image_threshold"] - 0.2 * span)
-  assert validation.normalize(chosen, np.float64(high["image_threshold"])) == pytest.approx(0.3)
+  assert high["image_threshold"] == pytest.approx(0.64, abs=1e-12)
+  assert high["pixel_threshold"] == pytest.approx(0.6 - 0.2 * 0.8, abs=1e-12)
+  assert validation.normalize(chosen, np.float64(0.64)) == pytest.approx(0.3, abs=1e-12)
   with pytest.raises(ConfigError, match="sensitivity=1.0"):
     validation.with_sensitivity(chosen, 1.0)
-  # Test-split metrics at a given threshold, against sklearn.
+  # At most a third of the normal images (1 of 3) and of their pixels (2 of 6) flagged: just
+  # above the 2nd highest normal score 0.35 (only 0.4 stays above) and just above the 3rd
+  # highest normal pixel 0.2 (only 0.3 stays above: the tie at 0.2 stays below).
+  by_fpr = validation.choose_thresholds(labels, scores, masks, maps, method="fpr",
+                                        target_fpr=1 / 3)
+  assert by_fpr["image_threshold"] == np.nextafter(0.35, np.inf)
+  assert by_fpr["pixel_threshold"] == np.nextafter(0.2, np.inf)
+  # Test-split metrics at the F1 thresholds, by hand: images 0.8 and 0.9 flagged (both
+  # anomalous), 0.3 missed; pixels 0.9, 0.6, 0.7 flagged, all defects.
   got = evaluator.threshold_metrics(labels, scores, masks > 0.5, maps, chosen)
-  predicted = scores >= chosen["image_threshold"]
-  assert got["image_precision"] == pytest.approx(skm.precision_score(labels, predicted))
-  assert got["image_recall"] == pytest.approx(skm.recall_score(labels, predicted))
-  assert got["image_f1"] == pytest.approx(skm.f1_score(labels, predicted))
-  assert got["image_accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
-  pixel_pred = (maps >= chosen["pixel_threshold"]).ravel()
-  assert got["pixel_f1"] == pytest.approx(skm.f1_score(masks.ravel() > 0.5, pixel_pred))
+  assert got["image_precision"] == 1.0 and got["image_recall"] == pytest.approx(2 / 3)
+  assert got["image_fpr"] == 0.0 and got["image_accuracy"] == pytest.approx(5 / 6)
+  assert got["image_f1"] == pytest.approx(0.8)
+  assert got["pixel_precision"] == 1.0 and got["pixel_recall"] == 1.0
+  assert got["pixel_f1"] == 1.0
 
 
 def _mask_layout(root, pattern, mask_root):
@@ -206,6 +211,11 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   assert saved["validation"]["files"] == [f"train/good/{i:03d}.png" for i in (2, 5, 6, 7)]
   assert saved["method"] == "f1" and saved["validation"]["num_synthetic_anomalous"] >= 1
   assert saved["image_min"] <= saved["image_threshold"] <= saved["image_max"]
+  # Its figures are named and described as measured on synthetic anomalies (format 2).
+  assert saved["format"] == 2 and "not on real defects" in saved["validation"]["note"]
+  assert {"synthetic_image_auroc", "synthetic_image_ap", "synthetic_image_f1_max",
+          "synthetic_pixel_ap", "synthetic_image"} <= set(saved["validation"])
+  assert not {"image_auroc", "image"} & set(saved["validation"])
 
   # predict.py decides with no further step.
   new = tmp_path / "new"
@@ -214,9 +224,17 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
     shutil.copy(tmp_path / "data" / "train" / "good" / f"{i:03d}.png", new / f"{i}.png")
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), np.uint8)).save(
       new / "noise.png")
+  (new / "truncated.jpg").write_bytes(b"\xff\xd8\xff")  # Unreadable: listed, not fatal.
   done = _run_cli("predict.py", f"--workdir={workdir}", f"--images={new}",
                   f"--out={tmp_path / 'pred'}", "--nooverlays")
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert "3 images scored" in done.stdout and "1 could not be read" in done.stdout
+  # The console says what the threshold's figures are: synthetic, not an estimate for real
+  # defects (there is no labelled test split here to put first).
+  assert "synthetic anomalies" in done.stdout and "do not estimate" in done.stdout
+  assert "real defects at this threshold" not in done.stdout
+  with open(tmp_path / "pred" / "errors.csv", newline="") as f:
+    assert [r["file"] for r in csv.DictReader(f)] == [str(new / "truncated.jpg")]
   records = json.loads((tmp_path / "pred" / "scores.json").read_text())
   with open(tmp_path / "pred" / "scores.csv", newline="") as f:
     rows = list(csv.DictReader(f))
@@ -261,3 +279,28 @@ def test_normal_only_folder_trains_thresholds_and_predicts(tmp_path):
   grown = trainer._check_split(config, workdir, resuming=True)  # pylint: disable=protected-access
   assert grown["validation"] == recorded["validation"] + ["train/good/014.png"]
   assert grown["train"] == recorded["train"] + ["train/good/012.png", "train/good/013.png"]
+
+
+def test_predict_console_puts_real_defects_before_synthetic_figures(tmp_path):
+  # With a labelled test split the run's evaluation measured the validation threshold on real
+  # defects: predict.py's console line gives those first, then the synthetic-split figures,
+  # labelled as such (format 2 keys, and format 1 keys of older thresholds.json files).
+  from draem_jax import inference
+  eval_dir = tmp_path / "eval" / "7"
+  eval_dir.mkdir(parents=True)
+  (eval_dir / "metrics.json").write_text(json.dumps(
+      {"validation_threshold": {"image_recall": 0.09, "image_fpr": 0.05}}))
+  for validation_block in ({"synthetic_image_auroc": 0.903, "synthetic_image": {"recall": 0.73}},
+                           {"image_auroc": 0.903, "image": {"recall": 0.73}}):
+    metadata = {"image_threshold": 0.25, "checkpoint_step": 7, "validation": validation_block,
+                "threshold_source": "validation split of train/good (f1, thresholds.json)"}
+    text = inference.describe_thresholds(metadata, tmp_path)
+    assert "real defects at this threshold: recall 9.0%, false-positive rate 5.0%" in text
+    assert "synthetic anomalies: image AUROC 90.3%, recall 73.0%" in text
+    assert text.index("real defects") < text.index("synthetic anomalies")
+    assert "do not estimate the recall or AUROC on real defects" in text
+  # Without a validation split: the threshold and where it comes from only.
+  assert inference.describe_thresholds(
+      {"image_threshold": 0.5, "checkpoint_step": 7,
+       "threshold_source": "f1_max on the test split (evaluate.py)"}, tmp_path) == \
+      "Image threshold 0.5: f1_max on the test split (evaluate.py)."

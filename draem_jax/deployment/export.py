@@ -15,6 +15,8 @@ the StableHLO artifact by `jax.export`. Beside them a JSON file says what a depl
 """
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ from draem_jax import inference
 from draem_jax.evaluation import validation
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError, DataError
-from draem_jax.training.trainer import EVAL_DIR
 
 ONNX_OPSET = 23
 INPUT_NAME = "image"
@@ -39,37 +40,34 @@ DYNAMIC_BATCH = "dynamic"
 CALIBRATION_IMAGES = 64
 
 
-def deploy_thresholds(workdir: Path, step: int) -> dict[str, Any]:
-  """The decision thresholds a deployment uses, and where they come from.
+def deploy_thresholds(decided: dict[str, Any]) -> dict[str, Any]:
+  """The metadata fields of the decision thresholds `inference.run_thresholds` chose
+  (the same rule as predict.py's).
 
   Returns:
-    {'image_threshold': float or None, 'pixel_threshold': float, 'threshold_source': str}.
-    With a validation split (the checkpoint's thresholds.json), its thresholds, plus its
-    min-max statistics under 'normalization'; otherwise the test-split F1-max threshold that
-    evaluate.py wrote for this checkpoint, or None (the deployer must choose one), and a
-    pixel threshold that falls back to 0.5 as predict.py does.
+    {'image_threshold': float or None (the deployer must choose one), 'pixel_threshold',
+    'threshold_source'} and, with a validation split, its min-max statistics under
+    'normalization'.
   """
-  validated = validation.load_thresholds(workdir / EVAL_DIR / str(step))
+  out = {k: decided[k] for k in ("image_threshold", "pixel_threshold", "threshold_source")}
+  validated = decided.get("validated")
   if validated is not None:
-    return {"image_threshold": float(validated["image_threshold"]),
-            "pixel_threshold": float(validated["pixel_threshold"]),
-            "threshold_source": f"validation split of train/good ({validated.get('method')}, "
-                                "thresholds.json)",
-            "normalization": {k: validated[k] for k in validation.NORMALIZATION_KEYS
-                              if k in validated}}
-  found = inference.eval_thresholds(workdir, step)
-  source = ("f1_max on the test split (evaluate.py)" if "f1_threshold" in found
-            else "none: run evaluate.py or choose a threshold")
-  return {"image_threshold": found.get("f1_threshold"),
-          "pixel_threshold": found.get("pixel_f1_threshold", 0.5),
-          "threshold_source": source}
+    out["normalization"] = {k: validated[k] for k in validation.NORMALIZATION_KEYS
+                            if k in validated}
+  return out
 
 
 def make_inference_fn(run: inference.LoadedRun):
-  """`f(image) -> (anomaly_map, score)` with the run's variables as host constants."""
+  """`f(image) -> (anomaly_map, score)` with the run's variables as host constants.
+
+  Always in float32: the parameters are float32 whatever model.dtype, and ONNX Runtime's CPU
+  kernels (and its quantizer) have no bfloat16 convolution, so a run trained with
+  model.dtype='bfloat16' exports the same network computing in float32.
+  """
   variables = jax.device_get(run.variables)
+  model = run.model.clone(dtype=jnp.float32)
   # Tiles as a static loop: the ONNX converter takes static slices.
-  predict = evaluator.predict_fn_for(run.model, run.config.eval, unroll_tiles=True)
+  predict = evaluator.predict_fn_for(model, run.config.eval, unroll_tiles=True)
 
   def infer(image):
     return predict(variables, image.astype(jnp.float32))
@@ -127,8 +125,8 @@ def _calibration_images(config, count: int) -> np.ndarray:
   return images.astype(np.float32) / 255.0
 
 
-def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
-                 metadata: dict[str, Any], images: np.ndarray,
+def _export_int8(run: inference.LoadedRun, float_path: Path, metadata: dict[str, Any],
+                 validated: dict[str, Any] | None, images: np.ndarray,
                  reduce_range: bool) -> dict[str, Path]:
   """model.int8.onnx and model.int8.json beside the float `float_path` (`quantize`)."""
   import onnx  # pylint: disable=g-import-not-at-top
@@ -140,7 +138,6 @@ def _export_int8(workdir: Path, run: inference.LoadedRun, float_path: Path,
                     reduce_range=reduce_range)
   sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
               for p in (float_path, int8_path)]
-  validated = validation.load_thresholds(workdir / EVAL_DIR / str(run.step))
   float_thresholds = {k: metadata.get(k) for k in ("image_threshold", "pixel_threshold",
                                                     "threshold_source", "normalization")
                       if k in metadata}
@@ -197,11 +194,38 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                       "--int8 (the float ONNX model).")
   # Read before anything is written: the 8-bit model needs the training images.
   calibration = _calibration_images(run.config, calibration_images) if int8 else None
-  pre = pipeline.preprocess(run.config)
-  size = pre.size  # (H, W): the whole resized image (the model is fully convolutional).
+  # predict.py's rule (chosen on the validation split now if the checkpoint has none yet).
+  decided = inference.run_thresholds(run, workdir)
+  # (H, W): the whole resized image (the model is fully convolutional).
+  size = pipeline.preprocess(run.config).size
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
-  infer = make_inference_fn(run)
+  created = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Everything is written to a staging folder beside `out` and moved into place only once all
+  # of it was written: a failure (in quantization, say) leaves no partial export behind.
+  staging = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-", dir=out.parent))
+  try:
+    staged = _write_export(run, workdir, staging / out.name, batch_dim, size, decided,
+                           calibration, int8_reduce_range)
+    paths = {}
+    for kind, path in staged.items():
+      paths[kind] = out.parent / path.name
+      os.replace(path, paths[kind])
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # Folders made for an export that failed: empty, removed.
+      if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+  return paths
 
+
+def _write_export(run: inference.LoadedRun, workdir: Path, out: Path, batch_dim: int | str,
+                  size: tuple[int, int], decided: dict[str, Any],
+                  calibration: np.ndarray | None, int8_reduce_range: bool) -> dict[str, Path]:
+  """Writes the files of `export_run` beside `out` (in its staging folder); `size` is the
+  (H, W) of the run's resized images."""
+  pre = pipeline.preprocess(run.config)
+  infer = make_inference_fn(run)
   proto = onnx_model(infer, batch_dim, size)
   paths = {"onnx": fileio.atomic_write_bytes(out, proto.SerializeToString())}
 
@@ -217,6 +241,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   filter_size = evaluator.filter_size_for(size, run.config.eval.mean_filter_size,
                                           float(run.config.eval.get("mean_filter_fraction", 0)))
   tile = run.config.eval.get("tile_size", 0)
+  kind = evaluator.score_kind(run.config.eval)
   metadata = {
       "format": "draem-jax onnx export",
       "category": str(run.config.data.category),
@@ -230,22 +255,26 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
                            "bilinear, half-pixel centres, no antialiasing (OpenCV "
                            "INTER_LINEAR)") + f", {pre.mode}"},
       "outputs": {"anomaly_map": _MAP_MEANING[run.config.model.get("variant", "draem")],
-                  "score": f"float32 (N,), image score "
-                           f"'{evaluator.score_kind(run.config.eval)}' (mean filter "
-                           f"{filter_size}x{filter_size})"},
+                  "score": f"float32 (N,), image score '{kind}'"
+                           + (f" (mean filter {filter_size}x{filter_size})" if kind != "p99"
+                              else " (99th percentile of the map)")},
       "image_size": size[0] if size[0] == size[1] else list(size),  # A side when square.
       "preprocess": pre.to_metadata(),
       "tiles": ({"size": list(image_io.size_hw(tile, "eval.tile_size")),
                  "overlap": float(run.config.eval.get("tile_overlap", 0.25))} if tile else None),
       "mean_filter_size": filter_size,
-      "image_score": evaluator.score_kind(run.config.eval),
+      "image_score": kind,
       "model_variant": str(run.config.model.get("variant", "draem")),
+      # The network computes in float32 whatever the run's model.dtype (`make_inference_fn`).
+      "compute_dtype": "float32",
+      "trained_dtype": str(run.config.model.get("dtype", "float32")),
       "onnx_opset": ONNX_OPSET,
-      **deploy_thresholds(workdir, run.step),
+      **deploy_thresholds(decided),
   }
   paths["metadata"] = fileio.atomic_write_json(out.with_suffix(".json"), metadata)
-  if int8:
-    paths.update(_export_int8(workdir, run, out, metadata, calibration, int8_reduce_range))
+  if calibration is not None:
+    paths.update(_export_int8(run, out, metadata, decided["validated"], calibration,
+                              int8_reduce_range))
   return paths
 
 

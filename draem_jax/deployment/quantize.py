@@ -6,7 +6,8 @@
   (it runs them as QLinearConv): weights int8 per output channel with the full 8-bit range,
   activations uint8 per tensor with MinMax ranges observed on training images (calibration).
 * Kept in float: the convolutions into and out of image space (the first and last of each
-  network: 3 or 6 input channels, 3 or 2 outputs) and the score's mean filter. They are under
+  network: 3 or 6 input channels, 3 or 2 outputs) and the score's mean filter (if the image
+  score has one: not 'p99'), each told by what it is (`float_conv_names`). They are under
   1% of the arithmetic. On a trained bottle run (64x64, 1,800 steps; bench/RESULTS.md) with
   the mean filter quantized too every test image came out anomalous (image AUROC 52.5 vs
   97.8); the four image-space convolutions quantized cost 0.9 points, 7-bit weights
@@ -35,34 +36,58 @@ from draem_jax.evaluation import validation
 from draem_jax.data import pipeline
 
 
+def _is_mean_filter(weight: np.ndarray | None) -> bool:
+  """A 1 -> 1 channel kernel of equal values: the image score's k x k mean filter (jax2onnx
+  writes it as a 3-D Conv, kernel (1, 1, 1, k, k), of ones)."""
+  return (weight is not None and weight.ndim >= 3 and weight.shape[:2] == (1, 1)
+          and bool(np.all(weight == weight.flat[0])))
+
+
 def float_conv_names(model, num_recon_convs: int) -> list[str]:
   """Names of the Conv nodes of an exported onnx.ModelProto that stay float.
 
-  The graph's Conv nodes come in data-flow order: the reconstructive network's (each feeds
-  the next: no skips), then the discriminative network's (all feed its output), then the
-  score's mean filter. Kept float: the first and last of each network and the mean filter.
+  Each Conv is told by what it is, for every eval.image_score: a 1 -> 1 channel kernel of
+  equal values is the score's mean filter (absent for 'p99', shared by max and median for
+  'minus_median'); the others are the two networks' layers in data-flow order, the
+  reconstructive network's (each feeds the next: no skips) before the discriminative
+  network's. Kept float: the first and last layer of each network and any mean filter.
 
   Args:
-    model: the (float) ONNX model of `export.onnx_model`.
+    model: the ONNX model of `export.onnx_model` (or its 8-bit model, whose quantized
+      convolutions take their weights through DequantizeLinear).
     num_recon_convs: convolutions of the reconstructive network (its 'kernel' parameters).
 
   Raises:
-    ValueError: the picked convolutions do not have the channels those layers have (3 in,
-      3 out, 6 in, 2 out, and 1 -> 1), i.e. the graph is not an export of this model.
+    ValueError: the picked layers do not have the channels those layers have (3 in, 3 out,
+      6 in, 2 out), i.e. the graph is not an export of this model.
   """
-  weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+  weights = {t.name: t for t in model.graph.initializer}
   convs = [n for n in model.graph.node if n.op_type == "Conv"]
-  picks = [0, num_recon_convs - 1, num_recon_convs, len(convs) - 2, len(convs) - 1]
-  channels = [weights.get(convs[i].input[1], (None, None))[:2] if 0 <= i < len(convs)
-              else (None, None) for i in picks]
+
+  def dims(node):
+    tensor = weights.get(node.input[1])
+    return None if tensor is None else tuple(tensor.dims)
+
+  def is_filter(node):  # Only 1 -> 1 kernels are read in full.
+    d = dims(node)
+    return (d is not None and d[:2] == (1, 1)
+            and _is_mean_filter(onnx.numpy_helper.to_array(weights[node.input[1]])))
+
+  is_filters = [is_filter(n) for n in convs]
+  filters = [n for n, f in zip(convs, is_filters) if f]
+  layers = [n for n, f in zip(convs, is_filters) if not f]
+  picks = [0, num_recon_convs - 1, num_recon_convs, len(layers) - 1]
+  channels = [(dims(layers[i]) or (None, None))[:2] if 0 <= i < len(layers) else (None, None)
+              for i in picks]
   # (out, in) channels of those layers; None: any (the widths).
-  expected = [(None, 3), (3, None), (None, 6), (2, None), (1, 1)]
-  if not all(want in (None, got) for pair, wanted in zip(channels, expected)
-             for got, want in zip(pair, wanted)):
-    raise ValueError(f"the ONNX graph's convolutions {picks} have (out, in) channels "
-                     f"{channels}, not those of DRAEM's image-space layers {expected}; "
-                     "quantize a model written by export.py.")
-  return [convs[i].name for i in picks]
+  expected = [(None, 3), (3, None), (None, 6), (2, None)]
+  if len(set(picks)) < len(picks) or not all(
+      want in (None, got) for pair, wanted in zip(channels, expected)
+      for got, want in zip(pair, wanted)):
+    raise ValueError(f"the ONNX graph's convolutions {picks} (of {len(layers)}, mean filters "
+                     f"aside) have (out, in) channels {channels}, not those of DRAEM's "
+                     f"image-space layers {expected}; quantize a model written by export.py.")
+  return [layers[i].name for i in picks] + [n.name for n in filters]
 
 
 def fixed_batch(model) -> int | None:

@@ -365,7 +365,8 @@ def evaluate(config: ml_collections.ConfigDict, variables: Any, model: nn.Module
   report.write_report(out_dir, metrics_lib.json_safe(result), eval_ds.labels,
                       eval_ds.defect_types, eval_ds.file_names, pred["scores"], pred["maps"], gt,
                       config=config.to_dict(), fpr_limit=ev.aupro_fpr_limit,
-                      threshold=thresholds["image_threshold"] if thresholds is not None else None)
+                      threshold=thresholds["image_threshold"] if thresholds is not None else None,
+                      thresholds=thresholds)
   logging.info("Evaluation of %s at step %d: %s", config.data.category, step,
                {k: result.get(k) for k in metrics_lib.METRIC_NAMES})
   return result

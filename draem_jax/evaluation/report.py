@@ -7,6 +7,8 @@ defect types, scores, and the anomaly maps with their ground truth) into
 - the metrics table next to the paper's numbers, overall and per defect type, rendered from
   whatever numeric keys the metrics dict holds (new metrics appear without changes here), with
   the number of images each defect type loses at the decision threshold;
+- with a validation split: the test split's metrics at its thresholds (real defects) first,
+  then the validation split's own figures, labelled as measured on synthetic anomalies;
 - ROC curves (image level per defect type, pixel level), the PRO curve up to the AU-PRO's FPR
   limit, and a histogram of image scores for good vs each defect type with the threshold;
 - the overlay gallery (the PNGs evaluation wrote to `overlays/<defect>/<name>.png`), grouped
@@ -141,6 +143,30 @@ def _thin(x: np.ndarray, y: np.ndarray, limit: int = MAX_CURVE_POINTS):
   return x[keep], y[keep]
 
 
+# What the image score is, per eval.image_score ({k}: eval.mean_filter_size).
+_SCORE_NAMES = {"paper": "max of the {k}x{k} mean-filtered anomaly map",
+                "minus_median": "max minus median of the {k}x{k} mean-filtered anomaly map",
+                "p99": "99th percentile of the anomaly map"}
+
+
+def score_name(config: Mapping[str, Any] | None) -> str:
+  """The run's image score in words, from its config dict (eval.image_score, default paper)."""
+  ev = (config or {}).get("eval", {}) or {}
+  kind = ev.get("image_score", "paper")
+  return _SCORE_NAMES.get(kind, str(kind)).format(k=ev.get("mean_filter_size", 21))
+
+
+def threshold_name(metrics: Mapping[str, Any], threshold: float,
+                   thresholds: Mapping[str, Any] | None = None) -> str:
+  """The kind of the image decision threshold: the validation split's (its method), the
+  test-split F1-max, or neither (given by hand)."""
+  if thresholds is not None and threshold == thresholds.get("image_threshold"):
+    return f"validation-split threshold ({thresholds.get('method', 'f1')})"
+  if metrics.get("f1_threshold") is not None and threshold == metrics["f1_threshold"]:
+    return "test-split F1-max threshold"
+  return "decision threshold"
+
+
 # ------------------------------------------------------------------------------------------
 # Plots.
 
@@ -223,8 +249,13 @@ def plot_pro(path: Path, gt: np.ndarray, maps: np.ndarray, fpr_limit: float,
 
 
 def plot_score_histogram(path: Path, labels: np.ndarray, defect_types: Sequence[str],
-                         scores: np.ndarray, threshold: float | None) -> Path:
-  """Image scores of good images and of each defect type on shared bins, threshold marked."""
+                         scores: np.ndarray, threshold: float | None,
+                         threshold_label: str = "decision threshold",
+                         score_label: str = score_name(None)) -> Path:
+  """Image scores of good images and of each defect type on shared bins, threshold marked.
+
+  `threshold_label` names the threshold's kind (`threshold_name`), `score_label` the image
+  score (`score_name`)."""
   types = np.asarray([str(t) for t in defect_types])
   scores = np.asarray(scores, np.float64)
   edges = np.histogram_bin_edges(scores, bins=min(40, max(10, scores.size // 3)))
@@ -237,8 +268,8 @@ def plot_score_histogram(path: Path, labels: np.ndarray, defect_types: Sequence[
     ax.hist(scores[sel], bins=edges, histtype="step", lw=2, label=f"{defect} ({sel.sum()})")
   if threshold is not None and math.isfinite(threshold):
     ax.axvline(threshold, color="#b00020", lw=2, ls="--",
-               label=f"F1-max threshold {threshold:.4g}")
-  ax.set(xlabel="image score (max of the mean-filtered anomaly map)", ylabel="images",
+               label=f"{threshold_label} {threshold:.4g}")
+  ax.set(xlabel=f"image score ({score_label})", ylabel="images",
          title="image scores: good vs each defect type")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=9)
@@ -334,6 +365,49 @@ def gallery(out_dir: Path, labels: np.ndarray, defect_types: Sequence[str],
   return "".join(parts)
 
 
+def _key_value_table(table_id: str, rows: Mapping[str, Any]) -> str:
+  body = "".join(f"<tr><th>{_e(label(k))}</th>{_cell(k, v)}</tr>" for k, v in rows.items()
+                 if v is not None and _is_number(v))
+  return (f'<table id="{_e(table_id)}"><thead><tr><th>metric</th><th>value (%)</th></tr>'
+          f"</thead><tbody>{body}</tbody></table>")
+
+
+# Numbers of thresholds.json's "validation" block, format 2 names (format 1 had no prefix).
+_SYNTHETIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_ap")
+SYNTHETIC_NOTE = ("Measured on synthetic anomalies (the training simulator applied to held-out "
+                  "good images), not on real defects: these figures do not estimate the "
+                  "recall or AUROC on real defects, which can be far lower.")
+
+
+def validation_sections(metrics: Mapping[str, Any],
+                        thresholds: Mapping[str, Any] | None) -> str:
+  """HTML: the test split's metrics at the validation split's thresholds (real defects), then
+  the validation split's own figures (synthetic anomalies), each labelled as what it is."""
+  parts = []
+  at = metrics.get("validation_threshold")
+  if isinstance(at, Mapping) and at:
+    parts.append(
+        "<h2>Test split at the validation split's thresholds</h2><p>Real defects of the "
+        "labelled test split, decided by the thresholds chosen on the validation split "
+        "without test labels (what a deployment that never saw a defect would get).</p>"
+        + _key_value_table("validation-threshold", at))
+  val = (thresholds or {}).get("validation")
+  if isinstance(val, Mapping) and val:
+    rows = {f"synthetic_{k}": val.get(f"synthetic_{k}", val.get(k)) for k in _SYNTHETIC_KEYS}
+    # Precision, recall, ... at the image threshold ("threshold" itself shown as a score).
+    at_threshold = val.get("synthetic_image", val.get("image")) or {}
+    rows.update({f"synthetic_image_{k}": v for k, v in at_threshold.items()})
+    note = val.get("note", SYNTHETIC_NOTE)
+    parts.append(
+        "<h2>Validation split (synthetic anomalies)</h2>"
+        f"<p class=\"bad\">{_e(note)}</p><p>{_e(val.get('num_images', '?'))} held-out good "
+        f"images, clean and with a synthetic anomaly "
+        f"({_e(val.get('num_synthetic_anomalous', '?'))} anomalous); precision, recall, F1, "
+        "FPR and accuracy at the chosen image threshold.</p>"
+        + _key_value_table("synthetic", rows))
+  return "".join(parts)
+
+
 def _page(title: str, body: str) -> str:
   # Well-formed XML as well as HTML5 (self-closed void tags, numeric entities only), so that
   # strict parsers read it too.
@@ -344,8 +418,11 @@ def _page(title: str, body: str) -> str:
 def render_report(out_dir: Path, metrics: Mapping[str, Any], labels: np.ndarray,
                   defect_types: Sequence[str], file_names: Sequence[str], scores: np.ndarray,
                   threshold: float, plots: Mapping[str, Path | None],
-                  config: Mapping[str, Any] | None = None) -> str:
-  """The report page as a string (see the module docstring); links are relative to out_dir."""
+                  config: Mapping[str, Any] | None = None,
+                  thresholds: Mapping[str, Any] | None = None) -> str:
+  """The report page as a string (see the module docstring); links are relative to out_dir.
+
+  `thresholds`: the validation split's thresholds.json content, if the run has one."""
   category = str(metrics.get("category", ""))
   kinds = decisions(labels, scores, threshold)
   fn, fp = int((kinds == "FN").sum()), int((kinds == "FP").sum())
@@ -353,7 +430,13 @@ def render_report(out_dir: Path, metrics: Mapping[str, Any], labels: np.ndarray,
           f"{_e(metrics.get('protocol', '?'))} &#183; {len(scores)} test images &#183; "
           f"decision threshold {threshold:.4g}: "
           f"<span class=\"bad\">{fn} missed (FN), {fp} false alarms (FP)</span>")
-  if metrics.get("f1_threshold") is not None and threshold == metrics["f1_threshold"]:
+  kind = threshold_name(metrics, threshold, thresholds)
+  meta += f"<br />Image score: {_e(score_name(config))}."
+  if kind.startswith("validation"):
+    meta += (f"<br />The threshold is the {_e(kind)}, chosen on held-out good images and "
+             "their synthetic anomalies without test labels: an image is called anomalous "
+             "when its score is at least that.")
+  elif kind.startswith("test-split"):
     meta += ("<br />The threshold is the image score that maximises F1 over the test split "
              "(image F1-max): an image is called anomalous when its score is at least that.")
   plot_html = "".join(
@@ -375,6 +458,7 @@ def render_report(out_dir: Path, metrics: Mapping[str, Any], labels: np.ndarray,
   body = (
       f"<h1>DRAEM evaluation: {_e(category)}</h1><p class=\"meta\">{meta}</p>"
       f"<h2>Metrics</h2>{metrics_table(category, metrics)}{counts_html}"
+      f"{validation_sections(metrics, thresholds)}"
       "<h2>Per defect type</h2><p>Each defect type is measured on its images plus all good "
       "images; the paper publishes no per-defect-type numbers. \"at threshold\" counts the "
       "images on the wrong side of the decision threshold.</p>"
@@ -392,7 +476,7 @@ def write_report(out_dir: str | os.PathLike, metrics: Mapping[str, Any], labels:
                  defect_types: Sequence[str], file_names: Sequence[str], scores: np.ndarray,
                  maps: np.ndarray | None = None, gt: np.ndarray | None = None, *,
                  threshold: float | None = None, config: Mapping[str, Any] | None = None,
-                 fpr_limit: float = 0.3) -> Path:
+                 fpr_limit: float = 0.3, thresholds: Mapping[str, Any] | None = None) -> Path:
   """Writes `<out_dir>/report.html` and its plots in `<out_dir>/report_files/`.
 
   Args:
@@ -403,9 +487,13 @@ def write_report(out_dir: str | os.PathLike, metrics: Mapping[str, Any], labels:
     scores: (N,) image scores.
     maps: (N, H, W) anomaly maps, or None (no pixel plots).
     gt: (N, H, W) bool ground truth of the protocol, or None (no masks).
-    threshold: the image decision threshold (default metrics["f1_threshold"], else 0.5).
-    config: the run's config as a dict, shown on the page.
+    threshold: the image decision threshold (default: that of `thresholds`, else
+      metrics["f1_threshold"], else 0.5).
+    config: the run's config as a dict, shown on the page (its eval.image_score names the
+      score).
     fpr_limit: the AU-PRO integration limit (config eval.aupro_fpr_limit).
+    thresholds: the validation split's thresholds.json content (its synthetic-split figures
+      are shown after the test split's, labelled as such), or None.
 
   Returns:
     The path of report.html.
@@ -413,6 +501,8 @@ def write_report(out_dir: str | os.PathLike, metrics: Mapping[str, Any], labels:
   out_dir = Path(out_dir)
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels).astype(np.int32)
+  if threshold is None and thresholds is not None:
+    threshold = thresholds.get("image_threshold")
   if threshold is None:
     threshold = metrics.get("f1_threshold")
   if threshold is None or not math.isfinite(threshold):
@@ -424,10 +514,11 @@ def write_report(out_dir: str | os.PathLike, metrics: Mapping[str, Any], labels:
     plots["pixel ROC"] = plot_pixel_roc(files / "pixel_roc.png", gt, maps,
                                         metrics.get("pixel_auroc"))
     plots["PRO curve"] = plot_pro(files / "pro.png", gt, maps, fpr_limit, metrics.get("aupro"))
-  plots["score histogram"] = plot_score_histogram(files / "scores.png", labels, defect_types,
-                                                  scores, threshold)
+  plots["score histogram"] = plot_score_histogram(
+      files / "scores.png", labels, defect_types, scores, threshold,
+      threshold_name(metrics, threshold, thresholds), score_name(config))
   page = render_report(out_dir, metrics, labels, defect_types, file_names, scores, threshold,
-                       plots, config)
+                       plots, config, thresholds)
   return fileio.atomic_write_text(out_dir / REPORT_FILE, page)
 
 

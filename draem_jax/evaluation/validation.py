@@ -15,13 +15,17 @@ With data.validation_fraction > 0, a deterministic part of train/good is held ou
 4. writes `<workdir>/eval/<step>/thresholds.json` (process 0), read by evaluation (test-set
    metrics at these thresholds), predict.py and model export.
 
-thresholds.json (format 1; raw scores are the model's, normalised = `metrics.normalize_scores`):
+thresholds.json (format 2; raw scores are the model's, normalised = `metrics.normalize_scores`):
   image_threshold, pixel_threshold    the decision thresholds (sensitivity applied)
   base_image_threshold, base_pixel_threshold   as chosen, before the sensitivity
   image_min, image_max, pixel_min, pixel_max   raw ranges on the validation split
   method, target_fpr, sensitivity, step, format
-  validation: {num_images, num_synthetic_anomalous, simulation_seed, files, image_auroc,
-               image_ap, image_f1_max, pixel_ap, image (metrics at image_threshold)}
+  validation: {num_images, num_synthetic_anomalous, simulation_seed, files, note,
+               synthetic_image_auroc, synthetic_image_ap, synthetic_image_f1_max,
+               synthetic_pixel_ap, synthetic_image (metrics at image_threshold)}
+The validation figures are measured on synthetic anomalies, not real defects (`SYNTHETIC_NOTE`):
+they tell how well the thresholds separate the simulator's anomalies and do not estimate the
+recall on real defects. Format 1 had the same figures without the `synthetic_` prefix.
 """
 
 import dataclasses
@@ -41,13 +45,16 @@ from jax.sharding import Mesh
 from draem_jax.evaluation import evaluator
 from draem_jax import fileio
 from draem_jax.evaluation import metrics as metrics_lib
+from draem_jax.evaluation import report
 from draem_jax.simulation import simulator
 from draem_jax.data import padding
 from draem_jax.data import pipeline
 from draem_jax.errors import ConfigError
 
 THRESHOLDS_FILE = "thresholds.json"
-FORMAT = 1
+FORMAT = 2
+# What the validation figures are, in thresholds.json and the report alike.
+SYNTHETIC_NOTE = report.SYNTHETIC_NOTE
 # Fixed on purpose (not train.seed): runs with different seeds calibrate on the same
 # synthetic anomalies, and a resumed or re-evaluated run finds exactly the same split.
 SIMULATION_SEED = 2021
@@ -212,21 +219,22 @@ def calibrate(config: ml_collections.ConfigDict, variables: Any, model: nn.Modul
   result.update(format=FORMAT, step=int(step))
   result["validation"] = {
       "num_images": len(split["files"]), "num_synthetic_anomalous": int(labels.sum()),
-      "simulation_seed": SIMULATION_SEED, "files": split["files"],
-      "image_auroc": metrics_lib.image_auroc(labels, scores),
-      "image_ap": metrics_lib.image_ap(labels, scores),
-      "image_f1_max": metrics_lib.f1_max(labels, scores)[0],
-      "pixel_ap": metrics_lib.pixel_ap(split["masks"] > 0.5, maps),
-      "image": metrics_lib.binary_metrics(labels, scores, result["image_threshold"]),
+      "simulation_seed": SIMULATION_SEED, "files": split["files"], "note": SYNTHETIC_NOTE,
+      "synthetic_image_auroc": metrics_lib.image_auroc(labels, scores),
+      "synthetic_image_ap": metrics_lib.image_ap(labels, scores),
+      "synthetic_image_f1_max": metrics_lib.f1_max(labels, scores)[0],
+      "synthetic_pixel_ap": metrics_lib.pixel_ap(split["masks"] > 0.5, maps),
+      "synthetic_image": metrics_lib.binary_metrics(labels, scores, result["image_threshold"]),
   }
   if out_dir is not None and jax.process_index() == 0:
     fileio.atomic_write_json(Path(out_dir) / THRESHOLDS_FILE, metrics_lib.json_safe(result),
                              sort_keys=True)
   logging.info("Validation split (%d images, %d synthetic anomalies): image threshold %.4f, "
-               "pixel threshold %.4f (%s), synthetic image AUROC %.3f.",
+               "pixel threshold %.4f (%s); image AUROC on the synthetic anomalies %.3f (not an "
+               "estimate for real defects).",
                result["validation"]["num_images"], int(labels.sum()),
                result["image_threshold"], result["pixel_threshold"], result["method"],
-               result["validation"]["image_auroc"])
+               result["validation"]["synthetic_image_auroc"])
   return result
 
 
