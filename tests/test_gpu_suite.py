@@ -135,3 +135,24 @@ def test_bad_overrides_and_data_stop_before_any_compute(mini_bottle, shared_data
       "--set", "data.image_size=(64, 96)"]))
   config = suite.bottle_config(1)
   assert config.data.crop_size == 32 and tuple(config.data.image_size) == (64, 96)
+
+
+def test_bottle_run_is_stopped_at_the_budget(mini_bottle, shared_data, tmp_path):
+  args = gpu_suite.parse_args([
+      "--tiny", "--budget_s", "30", "--out", str(tmp_path), "--phases", "3",
+      "--max_epochs", "1000", "--data_root", str(mini_bottle), "--texture_root",
+      str(shared_data / "dtd" / "images")])
+  suite = gpu_suite.Suite(args)
+  # A step time far too optimistic: the run is planned for 1,000 epochs and must be stopped
+  # by the watchdog (SIGTERM: the trainer saves a checkpoint and stops between steps).
+  key = ("bfloat16", 8, suite.layer_impl)
+  suite.step_s[key], suite.compile_s[key] = 1e-4, 1e-3
+  assert suite.run() == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["bottle"]["epochs"] == 1000
+  assert results["phase_status"]["bottle"]["status"] == "stopped"
+  assert "stopped by the budget at step" in results["phase_status"]["bottle"]["reason"]
+  # The watchdog fires 4 s before the end, during the compilation here (which nothing can
+  # interrupt), and the trainer stops after its first step; 2,000 steps would take half an
+  # hour on a CPU.
+  assert results["suite"]["elapsed_s"] < 30 + 210
