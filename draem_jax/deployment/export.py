@@ -4,7 +4,8 @@ The exported function is the run's inference exactly as `evaluator.make_predict_
 it, with the checkpoint's variables baked in as constants:
 
   image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size
-    -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class,
+    -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class (for
+       model.variant='recon_ae', 1 - SSIM(image, reconstruction); `models.anomaly_map`),
        score (N,) float32, the eval.image_score of the map (by default the max of the
        eval.mean_filter_size mean-filtered map).
 
