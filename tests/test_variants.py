@@ -3,9 +3,9 @@ structure, parameter counts, losses, anomaly maps, and train + evaluate + predic
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -184,3 +184,22 @@ def test_train_evaluate_predict_export(trained, tmp_path):
     assert 0 <= want_maps.min() and want_maps.max() <= 1
   with pytest.raises(ConfigError, match="--int8"):
     export.export_run(workdir, tmp_path / "q.onnx", int8=True)
+
+
+def test_old_config_without_the_new_fields_resumes_as_the_default():
+  current = mvtec.get_config()
+  old = current.to_dict()
+  for group, names in (("simulator", ("mask_shape", "texture_source", "augment_textures",
+                                      "random_opacity")),
+                       ("data", ("max_textures",)),
+                       ("model", ("variant", "sspcab", "sspcab_lambda"))):
+    for name in names:
+      del old[group][name]
+  old = ml_collections.ConfigDict(old)
+  assert config_lib.check_resumable(old, current, "w") == {}
+  assert isinstance(models.create_model(old.model), models.DRAEM)
+  assert not models.create_model(old.model).sspcab
+  changed = mvtec.get_config()
+  changed.model.variant = "recon_ae"
+  with pytest.raises(ConfigError, match="model.variant"):
+    config_lib.check_resumable(old, changed, "w")

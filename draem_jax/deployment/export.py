@@ -5,7 +5,8 @@ it, with the checkpoint's variables baked in as constants:
 
   image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size (H, W), resized and
   placed by the run's `image_io.Preprocess` (recorded in the JSON file)
-    -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class (with
+    -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class (for
+       model.variant='recon_ae', 1 - SSIM(image, reconstruction); `models.anomaly_map`; with
        eval.tile_size: the blended tiles, unrolled in the graph),
        score (N,) float32, the eval.image_score of the map (by default the max of the
        mean-filtered map, eval.mean_filter_size or eval.mean_filter_fraction).
