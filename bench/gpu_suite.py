@@ -609,16 +609,22 @@ class Suite:
     self.log(f"bottle: {epochs} epochs ({epochs * per_epoch} steps) in bfloat16")
     workdir = Path(tempfile.mkdtemp(prefix="gpu_suite_bottle_"))
     stop_at = self.deadline - RESERVE_S
-    fired = threading.Event()
+    fired, finished = threading.Event(), threading.Event()
 
-    def stop():  # The trainer turns SIGTERM into a checkpoint and a clean stop.
+    def stop():
+      # The trainer turns SIGTERM into a checkpoint and a clean stop between steps, but only
+      # once its loop runs: repeat the signal until the run returns (before and after the
+      # loop it reaches the no-op handler below).
+      if finished.wait(max(stop_at - time.monotonic(), 0.0)):
+        return
       fired.set()
-      os.kill(os.getpid(), signal.SIGTERM)
+      while not finished.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        finished.wait(2.0)
 
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # Never die of our own signal.
-    timer = threading.Timer(max(stop_at - time.monotonic(), 0.0), stop)
-    timer.daemon = True
-    timer.start()
+    watchdog = threading.Thread(target=stop, daemon=True)
+    watchdog.start()
     t0 = time.monotonic()
     try:
       result = trainer.train_and_evaluate(config, workdir)
@@ -627,7 +633,8 @@ class Suite:
       result = None
       out["status"] = f"stopped by the budget at step {e.step}"
     finally:
-      timer.cancel()
+      finished.set()
+      watchdog.join()
       signal.signal(signal.SIGTERM, previous)
     out["wall_s"] = time.monotonic() - t0
     self._read_training_log(workdir, out, t0)

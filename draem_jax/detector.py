@@ -149,10 +149,7 @@ class Detector:
     def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       return model(batch.astype(np.float32) / 255.0)
 
-    geometry = model.meta.get("preprocess")
-    preprocess = (image_io.Preprocess.from_metadata(geometry) if geometry
-                  else image_io.Preprocess(model.size))
-    return cls(infer, preprocess=preprocess, batch_size=int(fixed or batch_size),
+    return cls(infer, preprocess=model.preprocess, batch_size=int(fixed or batch_size),
                fixed_batch=fixed is not None, threshold=model.threshold,
                pixel_threshold=model.pixel_threshold, normalize=model.normalized,
                step=model.meta.get("checkpoint_step"), metadata=model.meta, backend="onnx")

@@ -56,8 +56,8 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> LoadedRun:
     mesh = parallel.make_mesh()
     model = models.create_model(config.model)
     tx = train_step_lib.make_optimizer(config.optim, total_steps=1)  # Structure only.
-    size = config.data.image_size
-    abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+    abstract = train_step_lib.abstract_train_state(model, tx, data_lib.train_input_hw(config),
+                                                   mesh)
     state = checkpointer.restore(abstract, step=step)
   finally:
     checkpointer.close()

@@ -20,8 +20,7 @@ def _train_cli(*args):
 
 @pytest.mark.parametrize("args, expected", [
     (["--config", "configs/nope.py"],
-     "--config configs/nope.py: the file configs/nope.py does not exist; use one of "
-     "configs/folder.py, configs/folder_cpu.py, configs/mvtec.py, configs/mvtec_cpu.py"),
+     "--config configs/nope.py: the file configs/nope.py does not exist; use one of "),
     (["--config", "configs/mvtec_cpu.py", "--config.train.bogus=1"],
      "--config.train.bogus=1: the config has no field train.bogus"),
     (["--config=configs/mvtec_cpu.py", "--config.bogus.x=1"],
@@ -33,6 +32,8 @@ def test_item13_bad_config_flag_is_one_line_not_a_traceback(args, expected, tmp_
   assert "Traceback" not in done.stderr, done.stderr[-3000:]
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), done.stderr[-3000:]
+  if "nope" in expected:  # The configs that exist, listed.
+    assert "configs/mvtec.py, configs/mvtec_cpu.py" in lines[0] and "__init__" not in lines[0]
   assert not (tmp_path / "w").exists()
 
 

@@ -150,3 +150,19 @@ def test_crop_training_resumes_exactly(data_dirs, tmp_path):
   assert int(b.step) == 4
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_command_line_gives_a_pair_where_the_config_has_a_side():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  argv = ["train.py", f"--config={helpers.REPO / 'configs' / 'mvtec_cpu.py'}",
+          "--config.data.image_size=(256,512)", "--config.data.crop_size=(64,96)",
+          "--config.eval.tile_size=128"]
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  config = values.config
+  assert config.data.image_size == (256, 512) and config.data.crop_size == (64, 96)
+  data_lib.pipeline._check_config(config)
+  config_lib.validate_config(config)
+  assert data_lib.train_input_hw(config) == (64, 96)

@@ -135,3 +135,54 @@ def test_bad_overrides_and_data_stop_before_any_compute(mini_bottle, shared_data
       "--set", "data.image_size=(64, 96)"]))
   config = suite.bottle_config(1)
   assert config.data.crop_size == 32 and tuple(config.data.image_size) == (64, 96)
+
+
+def test_bottle_run_is_stopped_at_the_budget(mini_bottle, shared_data, tmp_path):
+  args = gpu_suite.parse_args([
+      "--tiny", "--budget_s", "30", "--out", str(tmp_path), "--phases", "3",
+      "--max_epochs", "1000", "--data_root", str(mini_bottle), "--texture_root",
+      str(shared_data / "dtd" / "images")])
+  suite = gpu_suite.Suite(args)
+  # A step time far too optimistic: the run is planned for 1,000 epochs and must be stopped
+  # by the watchdog (SIGTERM: the trainer saves a checkpoint and stops between steps).
+  key = ("bfloat16", 8, suite.layer_impl)
+  suite.step_s[key], suite.compile_s[key] = 1e-4, 1e-3
+  assert suite.run() == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["bottle"]["epochs"] == 1000
+  assert results["phase_status"]["bottle"]["status"] == "stopped"
+  assert "stopped by the budget at step" in results["phase_status"]["bottle"]["reason"]
+  # The watchdog fires 4 s before the end, during the compilation here (which nothing can
+  # interrupt), and the trainer stops after its first step; 2,000 steps would take half an
+  # hour on a CPU.
+  assert results["suite"]["elapsed_s"] < 30 + 210
+
+
+def test_gpu_only_arithmetic(mini_bottle, shared_data, tmp_path, monkeypatch):
+  """Peaks by device name, MFU against TF32, and the largest batch from a memory limit."""
+  assert gpu_suite.peaks_for("NVIDIA H100 80GB HBM3") == pytest.approx(
+      (989.4e12, 494.7e12, 66.9e12))
+  assert gpu_suite.peaks_for("NVIDIA H100 PCIe")[0] == pytest.approx(756e12)
+  assert gpu_suite.peaks_for("NVIDIA H200")[1] == pytest.approx(494.7e12)
+  assert gpu_suite.peaks_for("cpu") is None
+  suite = gpu_suite.Suite(gpu_suite.parse_args([
+      "--tiny", "--out", str(tmp_path), "--phases", "1", "--max_batch", "256"]))
+  suite.peaks = gpu_suite.peaks_for("NVIDIA H200")
+  suite.results["flops"] = {"train_per_image": 3 * 395.9e9}
+  suite.results["matmul"] = {"bfloat16_tflops": 790.0, "float32_default_tflops": 400.0,
+                             "float32_uses_tf32": True}
+  bf16 = suite.mfu("bfloat16", 400.0)  # 400 images/s: 475 TFLOP/s.
+  assert bf16["peak_used"] == "bfloat16"
+  assert bf16["mfu_vs_peak"] == pytest.approx(400 * 3 * 395.9e9 / 989.4e12)
+  assert bf16["mfu_vs_matmul"] == pytest.approx(400 * 3 * 395.9e9 / 790e12)
+  fp32 = suite.mfu("float32", 100.0)
+  assert fp32["peak_used"] == "tf32"
+  assert fp32["mfu_vs_peak"] == pytest.approx(100 * 3 * 395.9e9 / 494.7e12)
+  # 10 GiB usable, the batch-8 step needing 1 GiB beyond the train state: ~70 images fit.
+  state = 16 * suite._param_count()  # pylint: disable=protected-access
+  suite.results["train_step"]["bfloat16_batch8"] = {"xla_memory_bytes": state + 2**30}
+  monkeypatch.setattr(suite, "memory_limit", lambda: 10 * 2**30 / 0.9 + state / 0.9)
+  batch, rule = suite.largest_batch("bfloat16")
+  assert batch == 80 and "MiB per image" in rule
+  monkeypatch.setattr(suite, "memory_limit", lambda: None)
+  assert suite.largest_batch("bfloat16")[0] == 256

@@ -3,11 +3,13 @@
 The exported function is the run's inference exactly as `evaluator.make_predict_fn` computes
 it, with the checkpoint's variables baked in as constants:
 
-  image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size
+  image (N, H, W, 3) float32 in [0, 1], RGB, at the run's data.image_size (H, W), resized and
+  placed by the run's `image_io.Preprocess` (recorded in the JSON file)
     -> anomaly_map (N, H, W) float32, softmax probability of the anomalous class (for
-       model.variant='recon_ae', 1 - SSIM(image, reconstruction); `models.anomaly_map`),
+       model.variant='recon_ae', 1 - SSIM(image, reconstruction); `models.anomaly_map`; with
+       eval.tile_size: the blended tiles, unrolled in the graph),
        score (N,) float32, the eval.image_score of the map (by default the max of the
-       eval.mean_filter_size mean-filtered map).
+       mean-filtered map, eval.mean_filter_size or eval.mean_filter_fraction).
 
 The ONNX file is produced by jax2onnx from the traced JAX function (no hand-written graph);
 the StableHLO artifact by `jax.export`. Beside them a JSON file says what a deployer needs.
@@ -25,6 +27,7 @@ import numpy as np
 
 from draem_jax.evaluation import evaluator
 from draem_jax import fileio
+from draem_jax import image_io
 from draem_jax import inference
 from draem_jax.evaluation import validation
 from draem_jax.data import pipeline
@@ -64,7 +67,8 @@ def make_inference_fn(run: inference.LoadedRun):
   """
   variables = jax.device_get(run.variables)
   model = run.model.clone(dtype=jnp.float32)
-  predict = evaluator.predict_fn_for(model, run.config.eval)
+  # Tiles as a static loop: the ONNX converter takes static slices.
+  predict = evaluator.predict_fn_for(model, run.config.eval, unroll_tiles=True)
 
   def infer(image):
     return predict(variables, image.astype(jnp.float32))
@@ -72,8 +76,9 @@ def make_inference_fn(run: inference.LoadedRun):
   return infer
 
 
-def onnx_model(infer, batch_dim: int | str, size: int):
-  """The ONNX ModelProto of `infer` (image (batch_dim, size, size, 3) float32 -> map, score).
+def onnx_model(infer, batch_dim: int | str, size: int | tuple[int, int]):
+  """The ONNX ModelProto of `infer` (image (batch_dim, H, W, 3) float32 -> map, score), at
+  `size` = (H, W) or a square side.
 
   jax2onnx traces it with the model's max-pool and upsampling lowered to single MaxPool and
   Resize nodes (`onnx_ops`), so ONNX Runtime keeps the whole graph in one layout.
@@ -81,7 +86,8 @@ def onnx_model(infer, batch_dim: int | str, size: int):
   # Export-only dependencies, imported here so that training never needs them.
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
   from draem_jax.deployment import onnx_ops  # pylint: disable=g-import-not-at-top,unused-import
-  return to_onnx(infer, inputs=[(batch_dim, size, size, 3)], opset=ONNX_OPSET,
+  height, width = image_io.size_hw(size)
+  return to_onnx(infer, inputs=[(batch_dim, height, width, 3)], opset=ONNX_OPSET,
                  model_name="draem", input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
 
 
@@ -111,7 +117,7 @@ def num_recon_convs(variables) -> int:
 
 
 def _calibration_images(config, count: int) -> np.ndarray:
-  """float32 (K, S, S, 3) in [0, 1]: `count` of the run's training images."""
+  """float32 (K, H, W, 3) in [0, 1]: `count` of the run's training images."""
   try:
     images = pipeline.sample_train_images(config, count)
   except (ConfigError, DataError) as e:
@@ -191,7 +197,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
   calibration = _calibration_images(run.config, calibration_images) if int8 else None
   # predict.py's rule (chosen on the validation split now if the checkpoint has none yet).
   decided = inference.run_thresholds(run, workdir)
-  size = int(run.config.data.image_size)
+  # (H, W): the whole resized image (the model is fully convolutional).
+  size = pipeline.preprocess(run.config).size
   out = Path(out) if out else workdir / "export" / str(run.step) / "model.onnx"
   created = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,9 +221,11 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def _write_export(run: inference.LoadedRun, workdir: Path, out: Path, batch_dim: int | str,
-                  size: int, decided: dict[str, Any], calibration: np.ndarray | None,
-                  int8_reduce_range: bool) -> dict[str, Path]:
-  """Writes the files of `export_run` beside `out` (in its staging folder)."""
+                  size: tuple[int, int], decided: dict[str, Any],
+                  calibration: np.ndarray | None, int8_reduce_range: bool) -> dict[str, Path]:
+  """Writes the files of `export_run` beside `out` (in its staging folder); `size` is the
+  (H, W) of the run's resized images."""
+  pre = pipeline.preprocess(run.config)
   infer = make_inference_fn(run)
   proto = onnx_model(infer, batch_dim, size)
   paths = {"onnx": fileio.atomic_write_bytes(out, proto.SerializeToString())}
@@ -226,11 +235,13 @@ def _write_export(run: inference.LoadedRun, workdir: Path, out: Path, batch_dim:
   else:
     n = batch_dim
   exported = jax.export.export(jax.jit(infer))(
-      jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32))
+      jax.ShapeDtypeStruct((n, *size, 3), jnp.float32))
   paths["jax_export"] = fileio.atomic_write_bytes(out.with_suffix(".jax_export"),
                                                   bytes(exported.serialize()))
 
-  filter_size = int(run.config.eval.mean_filter_size)
+  filter_size = evaluator.filter_size_for(size, run.config.eval.mean_filter_size,
+                                          float(run.config.eval.get("mean_filter_fraction", 0)))
+  tile = run.config.eval.get("tile_size", 0)
   kind = evaluator.score_kind(run.config.eval)
   metadata = {
       "format": "draem-jax onnx export",
@@ -238,15 +249,20 @@ def _write_export(run: inference.LoadedRun, workdir: Path, out: Path, batch_dim:
       "checkpoint_step": run.step,
       "workdir": str(workdir.absolute()),
       "input": {"name": INPUT_NAME, "shape": [batch_dim if batch_dim != "N" else None,
-                                              size, size, 3],
+                                              *size, 3],
                 "dtype": "float32", "layout": "NHWC", "channel_order": "RGB",
                 "value_range": [0.0, 1.0],
-                "resize": "bilinear, half-pixel centres, no antialiasing (OpenCV INTER_LINEAR)"},
+                "resize": ("antialiased bilinear (Pillow BILINEAR)" if pre.antialias else
+                           "bilinear, half-pixel centres, no antialiasing (OpenCV "
+                           "INTER_LINEAR)") + f", {pre.mode}"},
       "outputs": {"anomaly_map": _MAP_MEANING[run.config.model.get("variant", "draem")],
                   "score": f"float32 (N,), image score '{kind}'"
                            + (f" (mean filter {filter_size}x{filter_size})" if kind != "p99"
                               else " (99th percentile of the map)")},
-      "image_size": size,
+      "image_size": size[0] if size[0] == size[1] else list(size),  # A side when square.
+      "preprocess": pre.to_metadata(),
+      "tiles": ({"size": list(image_io.size_hw(tile, "eval.tile_size")),
+                 "overlap": float(run.config.eval.get("tile_overlap", 0.25))} if tile else None),
       "mean_filter_size": filter_size,
       "image_score": kind,
       "model_variant": str(run.config.model.get("variant", "draem")),

@@ -41,7 +41,11 @@ class Model:
       raise DataError(f"{meta_path} (written by export.py beside the ONNX file) is missing.")
     try:
       self.meta = json.loads(meta_path.read_text())
-      self.size = int(self.meta["image_size"])
+      # Exports that predate the recorded preprocessing: a square side, stretched.
+      self.preprocess = (image_io.Preprocess.from_metadata(self.meta["preprocess"])
+                         if "preprocess" in self.meta
+                         else image_io.Preprocess(image_io.size_hw(self.meta["image_size"])))
+      self.size = self.preprocess.size  # (height, width) of the model's input.
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
       raise DataError(f"{meta_path} is not the metadata export.py writes ({e!r}); export the "
                       "model again with export.py, which writes it beside the ONNX file.") from e
@@ -68,11 +72,11 @@ class Model:
     return float(np.clip((score - self.threshold) / span + 0.5, 0.0, 1.0))
 
   def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) float32 in [0, 1] -> maps (N, S, S), scores (N,) (N: the model's fixed
+    """(N, H, W, 3) float32 in [0, 1] -> maps (N, H, W), scores (N,) (N: the model's fixed
     batch if it was exported with one; `draem_jax.Detector` pads to it)."""
-    if batch.ndim != 4 or batch.shape[1:] != (self.size, self.size, 3):
-      raise DataError(f"images must be (N, {self.size}, {self.size}, 3) RGB, got "
-                      f"{batch.shape}; resize with draem_jax.image_io.resize_bilinear.")
+    if batch.ndim != 4 or batch.shape[1:] != (*self.size, 3):
+      raise DataError(f"images must be (N, {self.size[0]}, {self.size[1]}, 3) RGB, got "
+                      f"{batch.shape}; resize with draem_jax.image_io.model_input.")
     maps, scores = self.session.run(None, {"image": batch.astype(np.float32)})
     return maps, scores
 

@@ -317,8 +317,8 @@ def _state_shapes(config: ml_collections.ConfigDict, mesh) -> dict[str, tuple]:
   """{leaf path: (shape, dtype)} of the train state `config` builds (no allocation)."""
   model = models.create_model(config.model)
   tx = train_step_lib.make_optimizer(config.optim, total_steps=1)
-  size = config.data.image_size
-  abstract = train_step_lib.abstract_train_state(model, tx, (size, size), mesh)
+  abstract = train_step_lib.abstract_train_state(model, tx, data_lib.train_input_hw(config),
+                                                 mesh)
   return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
 
