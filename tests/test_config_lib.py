@@ -50,7 +50,8 @@ def test_item15_field_missing_from_an_older_config_json_is_no_change(tmp_path):
   config = helpers.tiny_config()
   newer = ["simulator.jitter_brightness", "simulator.jitter_contrast", "simulator.jitter_gamma",
            "eval.image_score", "data.validation_fraction", "data.mask_root",
-           "data.train_list"]
+           "data.train_list", "data.resize", "data.resize_antialias", "data.crop_size",
+           "eval.tile_size", "eval.tile_overlap", "eval.mean_filter_fraction"]
   saved = _saved_before_fields(config, newer)
   assert config_lib.config_changes(saved, config, trajectory_only=False) == {}
   assert config_lib.check_resumable(saved, config, tmp_path) == {}
