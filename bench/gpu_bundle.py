@@ -15,7 +15,7 @@ command. The bundle holds
                                imports that a stock JAX GPU image lacks (WHEELS)
   <out>/BUNDLE.json            commit, sizes, wheel list, how it was built
 
-Run on the GPU host (Python 3.12, JAX with CUDA; README "Measuring on a GPU"):
+Run on the GPU host (Python 3.12, JAX with CUDA; docs/gpu.md):
 
   cd .gpu_bundle && python3 -m pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl
   PYTHONPATH=/tmp/site python3 bench/gpu_suite.py --budget_s 540 --out /tmp/gpu_suite

@@ -1,6 +1,6 @@
 """What one accelerator does with DRAEM, measured in one command within a time budget.
 
-  python bench/gpu_suite.py --budget_s 540 --out DIR          # a GPU host (README)
+  python bench/gpu_suite.py --budget_s 540 --out DIR          # a GPU host (docs/gpu.md)
   python bench/gpu_suite.py --budget_s 60 --out DIR --tiny    # the same code paths on a CPU
 
 Phases, each with its own time cap (a share of --budget_s); a phase that cannot finish in

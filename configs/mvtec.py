@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sim.jitter_brightness = 0.0  # Brightness factor ~ U(1 - r, 1 + r); 0 = off.
   sim.jitter_contrast = 0.0  # Contrast factor about the image mean ~ U(1 - r, 1 + r); 0 = off.
   sim.jitter_gamma = 0.0  # Gamma ~ U(1 - r, 1 + r); 0 = off.
-  # The paper's ablations (its Table 3; README "Ablations"); the defaults are the full method.
+  # The paper's ablations (its Table 3; docs/experiments.md); the defaults are the full method.
   sim.mask_shape = "perlin"  # "perlin" or "rectangles" (DRAEM_rect: 1-4 random rectangles).
   sim.texture_source = "textures"  # "textures" or "color" (DRAEM_color: one random colour).
   sim.augment_textures = True  # Texture augmenters on (False with random_opacity: DRAEM_no.aug).
@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.seed = 0  # Seeds parameters, data order and the simulator.
   train.log_every_steps = 50  # Metrics to metrics.jsonl and TensorBoard every N steps.
   train.eval_every_steps = 0  # Periodic evaluation on the test split (0 = only at the end).
-  train.distributed = False  # Start JAX's multi-process runtime (TPU pods, GPU hosts; README).
+  train.distributed = False  # JAX's multi-process runtime (docs/multi_process.md).
   train.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or auto.
   train.num_processes = 0  # Number of processes; 0 = $JAX_NUM_PROCESSES or auto-detected.
   train.process_id = -1  # This process's id; -1 = $JAX_PROCESS_ID or auto-detected.
@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ev.tile_size = ml_collections.FieldReference(0, field_type=object)
   ev.tile_overlap = 0.25  # Fraction of a tile shared with its neighbour.
   # "paper": that max. "minus_median" (max minus the filtered map's median) or "p99" (99th
-  # percentile of the map) are steadier under global lighting changes (README, robustness).
+  # percentile of the map) are steadier under global lighting changes (docs/robustness.md).
   ev.image_score = "paper"
   ev.protocol = "paper"  # Ground-truth rule: "paper" (bilinear, == 1.0) or "standard" (>= 0.5).
   ev.aupro_fpr_limit = 0.3  # AU-PRO integrates PRO up to this false-positive rate.
