@@ -2,13 +2,13 @@
 
 Train step (the real one: crops, anomaly simulator on the device, R + D forward and backward,
 Adam), batch --batch, widths --recon_width/--disc_width, one CPU device:
-  64         whole 64x64 images (configs/mvtec_cpu64.py)
-  256/c64    64x64 crops of 256x256 images (configs/mvtec_cpu.py)
+  64         whole 64x64 images (configs/mvtec_cpu.py)
+  256/c64    64x64 crops of 256x256 images (configs/mvtec_cpu_crops.py)
   256/c96    96x96 crops of 256x256 images
 Evaluation (the evaluator's predict function: maps and image scores), per pixel:
   64         whole 64x64 images, 5x5 filter
   256        whole 256x256 images, 21x21 filter (eval.mean_filter_fraction = 21/256)
-  256/t64    256x256 images in 64x64 tiles overlapping by a quarter (configs/mvtec_cpu.py)
+  256/t64    256x256 images in 64x64 tiles overlapping by a quarter (configs/mvtec_cpu_crops.py)
 
 The variants are timed in alternation (bench/train_step.py's `time_alternating`), so that load
 from other processes on a shared machine hits them alike; the ratios to the 64x64 row are the
