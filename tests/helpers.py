@@ -1,5 +1,6 @@
 """Shared helpers for the end-to-end tests: tiny configs and generated data sets."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,3 +113,11 @@ def sklearn_f1_threshold(labels, scores) -> float:
   precision, recall, thresholds = precision_recall_curve(np.ravel(labels), np.ravel(scores))
   f1 = (2 * precision * recall / np.maximum(precision + recall, 1e-12))[:-1]
   return float(thresholds[np.flatnonzero(f1 == f1.max())[-1]])
+
+
+def run_python(code: str, timeout: float = 120) -> str:
+  """Runs `code` in a fresh interpreter at the repository root (nothing imported yet); its stdout."""
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout

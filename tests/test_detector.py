@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -100,11 +98,9 @@ def test_import_is_light_and_onnx_detector_needs_no_jax(exported_run):
           "r = d.predict(np.zeros((20, 30), np.uint8)); "
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')); "
           "print('LIGHT', light); print('JAXMODULES', bad, r.anomaly_map.shape)")
-  done = subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO, capture_output=True,
-                        text=True, timeout=120)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "LIGHT []" in done.stdout
-  assert "JAXMODULES [] (20, 30)" in done.stdout
+  stdout = helpers.run_python(code)
+  assert "LIGHT []" in stdout
+  assert "JAXMODULES [] (20, 30)" in stdout
 
 
 def test_load_config(trained_workdir):
