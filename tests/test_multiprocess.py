@@ -141,16 +141,21 @@ def test_two_processes_calibrate_like_one_process_with_two_devices(runs):
   assert len(recorded["train"]) == 191
 
 
-def test_sigkill_sigterm_and_another_process_count_then_resume_bit_identically(runs, tmp_path):
-  workdir = tmp_path / "killed"
-  procs = _start(workdir, 2, every_steps=4)
+def _wait_for(procs, condition, what: str, timeout: float = 400):
+  """Polls `condition()` until true; fails if a process exits first or after `timeout` s."""
   start = time.time()
-  while 4 not in _steps(workdir):
+  while not condition():
     for p in procs:
       if p.poll() is not None:
         raise AssertionError(f"exited early with {p.returncode}:\n{p.stdout.read()[-3000:]}")
-    assert time.time() - start < 400, "timed out waiting for checkpoint 4"
+    assert time.time() - start < timeout, f"timed out waiting for {what}"
     time.sleep(0.05)
+
+
+def test_sigkill_sigterm_and_another_process_count_then_resume_bit_identically(runs, tmp_path):
+  workdir = tmp_path / "killed"
+  procs = _start(workdir, 2, every_steps=4)
+  _wait_for(procs, lambda: 4 in _steps(workdir), "checkpoint 4")
   procs[1].send_signal(signal.SIGKILL)
   procs[1].wait()
   # The survivor loses its peer inside a collective; a scheduler would end it, as here.
@@ -171,14 +176,9 @@ def test_sigkill_sigterm_and_another_process_count_then_resume_bit_identically(r
   stale = set(metrics.read_text().splitlines()) if metrics.is_file() else set()
   step_of = lambda line: int(line.split('"step": ')[1].split(",")[0])
   procs = _start(workdir, 2, every_steps=4)
-  start = time.time()
-  while not (metrics.is_file() and any(step_of(l) > restart_from and l not in stale
-                                       for l in metrics.read_text().splitlines() if l.strip())):
-    for p in procs:
-      if p.poll() is not None:
-        raise AssertionError(f"exited early with {p.returncode}:\n{p.stdout.read()[-3000:]}")
-    assert time.time() - start < 400, "timed out waiting for the restarted run"
-    time.sleep(0.05)
+  _wait_for(procs, lambda: metrics.is_file() and any(
+      step_of(l) > restart_from and l not in stale
+      for l in metrics.read_text().splitlines() if l.strip()), "the restarted run")
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=300)[0] for p in procs]
   if any(p.returncode == 0 for p in procs):
