@@ -1,18 +1,20 @@
 """Default behaviour pinned: the simulator's output and one train step on fixed keys.
 
-tests/data/golden_defaults.npz was written by this file (`DRAEM_WRITE_GOLDEN=1 pytest
-tests/test_golden.py`) from the default configs/mvtec.py before the ablation switches existed;
+tests/data/golden_defaults.npz was written by this file (`python tests/test_golden.py --write`,
+under the suite's XLA settings from conftest.py) from the default configs/mvtec.py before the ablation switches existed;
 every later change must leave the defaults' numbers as they were. Masks and has_anomaly are
 compared exactly; float outputs to 1e-6 (exact on the 2-core x86 CPU that wrote the file; the
 margin allows another CPU's vector width to round a bilinear weight differently).
 """
 
-import os
+import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+if __name__ == "__main__":  # Run as a script: the packages import as under `python -m pytest`.
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import mvtec
 from draem_jax import models
@@ -21,7 +23,6 @@ from draem_jax.training import parallel
 from draem_jax.training import train_step as ts
 
 GOLDEN = Path(__file__).parent / "data" / "golden_defaults.npz"
-WRITE = os.environ.get("DRAEM_WRITE_GOLDEN") == "1"
 
 
 def _inputs(batch=6, size=24):
@@ -79,18 +80,26 @@ def _compare(actual: dict[str, np.ndarray]):
       np.testing.assert_allclose(value, golden[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.skipif(WRITE, reason="writing the golden file")
 def test_default_simulator_unchanged():
   _compare(simulator_outputs())
 
 
-@pytest.mark.skipif(WRITE, reason="writing the golden file")
 def test_default_train_step_unchanged():
   _compare(train_step_outputs())
 
 
-@pytest.mark.skipif(not WRITE, reason="only with DRAEM_WRITE_GOLDEN=1")
-def test_write_golden():
+def write_golden(path: Path = GOLDEN):
+  """Rewrites the pinned outputs; only for a deliberate change of the defaults."""
   out = {**simulator_outputs(), **train_step_outputs()}
-  assert any(v.any() for k, v in out.items() if k.endswith("_has_anomaly"))
-  np.savez_compressed(GOLDEN, **out)
+  if not any(v.any() for k, v in out.items() if k.endswith("_has_anomaly")):
+    raise AssertionError("no anomaly was simulated; the golden file would pin nothing")
+  np.savez_compressed(path, **out)
+
+
+if __name__ == "__main__":
+  # The suite's XLA settings (conftest.py at import) and the repository on the path, as pytest
+  # has them: other compiler settings round the train step differently.
+  import conftest  # pylint: disable=g-import-not-at-top,unused-import
+  if sys.argv[1:] != ["--write"]:
+    sys.exit("usage: python tests/test_golden.py --write   (rewrites " + str(GOLDEN) + ")")
+  write_golden()
