@@ -46,6 +46,9 @@ TABLE3 = ("draem", "disc_only", "recon_ae", "color", "rect", "no_aug", "img_aug"
 TEXTURE_CURVE = (("1", "textures_1"), ("10", "textures_10"), ("100", "textures_100"),
                  ("all", "draem"))
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap")
+# CPU-sized runs swing by several points between evaluations (bench/RESULTS.md), so the tables
+# show the mean of the last evaluations beside the final one.
+LATE_EVALS = 3
 
 
 def run_config(name: str, args: argparse.Namespace):
@@ -65,10 +68,30 @@ def run_config(name: str, args: argparse.Namespace):
   return config
 
 
-def _cells(result: dict | None) -> list[str]:
+def late_means(run_dir: Path) -> dict[str, float]:
+  """Each metric's mean over the run's last LATE_EVALS evaluations (its metrics.jsonl)."""
+  path = run_dir / "metrics.jsonl"
+  if not path.is_file():
+    return {}
+  by_step = {}  # A resumed run logs some steps twice: the last line of a step counts.
+  for line in path.read_text().splitlines():
+    record = json.loads(line) if line.strip() else {}
+    if "eval/image_auroc" in record:
+      by_step[record["step"]] = record
+  last = [by_step[s] for s in sorted(by_step)[-LATE_EVALS:]]
+  return {k: sum(r[f"eval/{k}"] for r in last) / len(last) for k in METRICS
+          if last and all(r.get(f"eval/{k}") is not None for r in last)}
+
+
+def _cells(result: dict | None, late: dict[str, float]) -> list[str]:
+  """'final (mean of the last evaluations)' per metric, in percent."""
   if result is None:
     return ["not run"] * len(METRICS)
-  return [f"{100 * result[k]:.1f}" if result.get(k) is not None else "n/a" for k in METRICS]
+  cells = []
+  for k in METRICS:
+    cell = f"{100 * result[k]:.1f}" if result.get(k) is not None else "n/a"
+    cells.append(cell + (f" ({100 * late[k]:.1f})" if k in late else ""))
+  return cells
 
 
 def _fields(name: str) -> str:
@@ -76,23 +99,28 @@ def _fields(name: str) -> str:
   return ", ".join(f"`{k}={v}`" for k, v in changes.items()) or "defaults"
 
 
-def tables(results: dict[str, dict], steps: int | str, category: str) -> str:
-  """The Markdown tables of the results so far."""
-  out = [f"## Table 3 at the CPU size ({category}, {steps} steps, seed 0)", "",
+def tables(results: dict[str, dict], steps: int | str, category: str, runs_dir: Path) -> str:
+  """The Markdown tables of the results so far; `runs_dir` holds the runs' workdirs."""
+  late = {name: late_means(runs_dir / name) for name in results}
+  cells = lambda name: " | ".join(_cells(results.get(name), late.get(name, {})))
+  out = [f"Each cell: the final evaluation, in brackets the mean of the last {LATE_EVALS} "
+         "evaluations of the run (steps 1200, 1500 and 1800 at the config's length; with --steps "
+         "only the final one).", "",
+         f"## Table 3 at the CPU size ({category}, {steps} steps, seed 0)", "",
          "| variant | fields | image AUROC | pixel AUROC | pixel AP | paper Det. | paper Loc. "
          "AUROC | paper Loc. AP |", "|---|---|---:|---:|---:|---:|---:|---:|"]
   for name in TABLE3:
     paper = RUNS[name][1]
-    out.append(f"| {name} | {_fields(name)} | " + " | ".join(_cells(results.get(name))) +
+    out.append(f"| {name} | {_fields(name)} | " + cells(name) +
                " | " + " | ".join(f"{p:.1f}" for p in paper) + " |")
   out += ["", f"## Texture count (paper's Figure 9; {category}, seed 0)", "",
           "| textures | image AUROC | pixel AUROC | pixel AP |", "|---|---:|---:|---:|"]
   for label, name in TEXTURE_CURVE:
-    out.append(f"| {label} | " + " | ".join(_cells(results.get(name))) + " |")
+    out.append(f"| {label} | " + cells(name) + " |")
   out += ["", "## Noise between runs: the default with two seeds", "",
           "| seed | image AUROC | pixel AUROC | pixel AP |", "|---|---:|---:|---:|"]
   for label, name in (("0", "draem"), ("1", "draem_seed1")):
-    out.append(f"| {label} | " + " | ".join(_cells(results.get(name))) + " |")
+    out.append(f"| {label} | " + cells(name) + " |")
   return "\n".join(out) + "\n"
 
 
@@ -145,10 +173,10 @@ def main():
     results[name] = record
     previous = results_path.read_text() if results_path.is_file() else ""
     fileio.atomic_write_text(results_path, previous + json.dumps(record) + "\n")
-    text = tables(results, steps, args.category)
+    text = tables(results, steps, args.category, out / "runs")
     fileio.atomic_write_text(out / "ablation.md", text)
     print(text)
-  print(tables(results, steps, args.category))
+  print(tables(results, steps, args.category, out / "runs"))
 
 
 if __name__ == "__main__":
