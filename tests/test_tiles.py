@@ -81,3 +81,18 @@ def test_mean_filter_fraction_scales_with_the_short_side(tiny_model):
   maps, scores = jax.jit(evaluator.make_predict_fn(model, 21, mean_filter_fraction=paper))(
       variables, images)
   np.testing.assert_allclose(scores, evaluator.mean_filter_max(maps, 5), rtol=1e-6)
+
+
+def test_configs_keep_the_papers_filter_share():
+  """The paper's 21 at 256 (DRAEM_SPEC section 5); the 64x64 CPU configs 21/256 of that: 5."""
+  from configs import folder_cpu, mvtec, mvtec_cpu, mvtec_cpu_crops  # pylint: disable=g-import-not-at-top
+
+  def k_of(config, map_hw):
+    return evaluator.filter_size_for(map_hw, config.eval.mean_filter_size,
+                                     config.eval.mean_filter_fraction)
+
+  assert k_of(mvtec.get_config(), (256, 256)) == 21
+  assert mvtec.get_config().eval.mean_filter_fraction == 0  # Fixed 21, whatever the size.
+  assert k_of(mvtec_cpu.get_config(), (64, 64)) == 5
+  assert k_of(folder_cpu.get_config("/data/parts"), (64, 64)) == 5
+  assert k_of(mvtec_cpu_crops.get_config(), (256, 256)) == 21
