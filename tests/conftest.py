@@ -67,3 +67,14 @@ def exported_run(trained_workdir, tmp_path_factory) -> tuple[Path, Path]:
   workdir = helpers.copy_with_validation_stats(trained_workdir, root / "run")
   paths = export.export_run(workdir, root / "model.onnx", batch=4)
   return workdir, paths["onnx"]
+
+
+# The session's trained run is built once per worker process that asks for it: its users share
+# one worker (pytest.ini's `--dist loadgroup`).
+SHARED_RUN_FIXTURES = {"trained_workdir", "exported_run"}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if SHARED_RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("trained_run"))
