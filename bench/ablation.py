@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from configs import mvtec_cpu  # pylint: disable=wrong-import-position
 from draem_jax import fileio  # pylint: disable=wrong-import-position
+from draem_jax.training import metric_writers  # pylint: disable=wrong-import-position
 
 # name -> (the changed fields, the paper's Table 3 row: Det. / Loc. AUROC / Loc. AP, or None).
 RUNS = {
@@ -70,12 +71,8 @@ def run_config(name: str, args: argparse.Namespace):
 
 def late_means(run_dir: Path) -> dict[str, float]:
   """Each metric's mean over the run's last LATE_EVALS evaluations (its metrics.jsonl)."""
-  path = run_dir / "metrics.jsonl"
-  if not path.is_file():
-    return {}
   by_step = {}  # A resumed run logs some steps twice: the last line of a step counts.
-  for line in path.read_text().splitlines():
-    record = json.loads(line) if line.strip() else {}
+  for record in metric_writers.read_metrics(run_dir):
     if "eval/image_auroc" in record:
       by_step[record["step"]] = record
   last = [by_step[s] for s in sorted(by_step)[-LATE_EVALS:]]

@@ -68,8 +68,6 @@ def workdir(dataset, tmp_path_factory):
   config.data.crop_size = 32
   config.data.validation_fraction = 0.25  # Thresholds from a synthetic split at (32, 64).
   config.data.validation_min_images = 2
-  config.train.batch_size = 4
-  config.train.num_steps = 4
   config.eval.batch_size = 4
   config.eval.tile_size = 32
   config.eval.tile_overlap = 0.25
