@@ -31,8 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # score's filter at 64x64").
   config.eval.mean_filter_fraction = 21 / 256
   # ~138 epochs of bottle's 209 images at batch 8. Twice the 1,800 steps of earlier versions:
-  # on pill's small defects image AUROC 95.5 / 90.6 (two seeds) instead of 90.6 / 85.1, bottle
-  # within the noise between seeds (bench/RESULTS.md, "Training length at 64x64").
+  # on pill's small defects image AUROC 95.5 / 90.6 (two seeds) instead of 90.6 / 85.1; on
+  # bottle pixel AUROC, pixel AP and AU-PRO higher, image AUROC 1.3 lower in the mean of two seeds
+  # (inside one run's swing between evaluations; bench/RESULTS.md, "Training length at 64x64").
   config.train.num_steps = 3600
   config.train.log_every_steps = 25
   config.train.eval_every_steps = 600  # A learning curve on the test split (~5 s each).
