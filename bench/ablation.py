@@ -52,7 +52,7 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_ap")
 # show the mean of the last evaluations beside the final one.
 LATE_EVALS = 3
 # The table in README and bench/RESULTS.md: 1,800 steps, evaluated every 300 (configs/mvtec_cpu.py
-# of that day; it now trains 3,600 steps).
+# of that day; it now trains 7,200 steps).
 TABLE_STEPS = 1800
 TABLE_EVAL_EVERY = 300
 
