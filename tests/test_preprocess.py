@@ -55,6 +55,21 @@ def test_antialiased_shrink_keeps_a_small_defect_that_the_reference_resize_skips
   assert antialiased.max() > 100
 
 
+def test_cpu_configs_shrink_with_antialiasing_and_the_paper_config_does_not():
+  """The 64x64 CPU configs average every pixel (bench/RESULTS.md, "Antialiased shrinking at
+  7,200 steps"); the paper's config keeps the reference's bilinear resize."""
+  from configs import folder, folder_cpu, mvtec, mvtec_cpu  # pylint: disable=g-import-not-at-top
+  assert mvtec_cpu.get_config().data.resize_antialias is True
+  assert folder_cpu.get_config("/data/parts").data.resize_antialias is True
+  assert mvtec.get_config().data.resize_antialias is False
+  assert folder.get_config("/data/parts").data.resize_antialias is False
+  for config in (mvtec_cpu.get_config(), folder_cpu.get_config("/data/parts")):
+    pre = Preprocess.from_config(config.data)
+    image = np.zeros((900, 900, 3), np.uint8)
+    image[448:452, 448:452] = 255  # A 4x4 px defect: 1/196 of a 64x64 output pixel's area.
+    np.testing.assert_array_equal(pre.image(image), image_io.resize_antialiased(image, 64))
+
+
 def test_stretch_without_antialias_is_the_reference_resize_bit_for_bit():
   rng = np.random.default_rng(2)
   image = rng.integers(0, 256, (133, 71, 3)).astype(np.uint8)
