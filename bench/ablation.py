@@ -5,8 +5,8 @@ between two seeds, at the CPU size on one MVTec AD category.
   python bench/ablation.py --steps 300 --only draem,rect,color
   python bench/ablation.py --out bench/out/ablation --category bottle
 
-Each run is configs/mvtec_cpu.py (seed 0) at 1,800 steps with the reference's resize, evaluated every 300 (the length the
-README's table was measured at), with one switch changed (docs/experiments.md),
+Each run is configs/mvtec_cpu.py (seed 0) at 1,800 steps with the reference's resize, evaluated
+every 300 (as the README's table was measured), with one switch changed (docs/experiments.md),
 trained and evaluated in `<out>/runs/<name>`. After every run its metrics are appended to
 `<out>/results.jsonl`, and the tables are rewritten to `<out>/ablation.md` and printed, so a
 partial or interrupted bench keeps what it measured; a run already in results.jsonl with the

@@ -46,15 +46,10 @@ def full_resolution_metrics(workdir: Path) -> dict[str, float]:
   predict = evaluator.jit_predict_fn(evaluator.predict_fn_for(run.model, ev), run.mesh)
   pred = evaluator.predict_split(predict, run.variables, eval_ds, run.mesh)
   small_gt = metrics_lib.gt_masks(pred["masks"], ev.protocol)
-  originals = [eval_ds.original(i)["mask"] for i in range(eval_ds.num_examples)]
-  shapes = {m.shape for m in originals}
-  if len(shapes) != 1:
-    sys.exit(f"{workdir}: test masks have several sizes {sorted(shapes)}; pooled pixel metrics "
-             "need one size.")
-  (h, w), = shapes
-  full_gt = np.stack(originals).astype(bool)
-  full_maps = np.stack([eval_ds.preprocess.map_back(m.astype(np.float32), (h, w))
-                        for m in pred["maps"]])
+  full = evaluator.at_original_size(eval_ds, pred["maps"])
+  if full is None:
+    sys.exit(f"{workdir}: its test images have several sizes; pooled pixel metrics need one.")
+  full_gt, full_maps = full
   out = {"step": run.step}
   for where, gt, maps in (("model", small_gt, pred["maps"]), ("full", full_gt, full_maps)):
     out[f"{where}: pixel AUROC"] = metrics_lib.pixel_auroc(gt, maps)

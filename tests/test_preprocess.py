@@ -66,7 +66,7 @@ def test_cpu_configs_shrink_with_antialiasing_and_the_paper_config_does_not():
   for config in (mvtec_cpu.get_config(), folder_cpu.get_config("/data/parts")):
     pre = Preprocess.from_config(config.data)
     image = np.zeros((900, 900, 3), np.uint8)
-    image[448:452, 448:452] = 255  # A 4x4 px defect: 1/196 of a 64x64 output pixel's area.
+    image[448:452, 448:452] = 255  # A 4x4 px defect: 16 of an output pixel's 14x14 footprint.
     np.testing.assert_array_equal(pre.image(image), image_io.resize_antialiased(image, 64))
 
 

@@ -213,18 +213,29 @@ def predict_split(predict: Callable, variables, eval_ds: data_lib.EvalDataset,
   return {k: v[order] for k, v in result.items()}
 
 
-def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float | None:
-  """AU-PRO with maps taken back (bilinear) to each image's original size, as MVTec's script
-  (`Preprocess.map_back`: the padding of fit_long_side dropped)."""
+def at_original_size(eval_ds, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """The original masks and the maps taken back (bilinear) to their size, as MVTec's script
+  (`Preprocess.map_back`: the padding of fit_long_side dropped).
+
+  Returns:
+    ((N, h, w) bool masks, (N, h, w) float32 maps), or None when the test images have several
+    sizes (pooled pixel metrics need one).
+  """
   originals = [eval_ds.original(i)["mask"] for i in range(eval_ds.num_examples)]
   shapes = {m.shape for m in originals}
   if len(shapes) != 1:
-    logging.warning("Test images have several sizes %s: AU-PRO at full resolution skipped.",
+    logging.warning("Test images have several sizes %s: metrics at full resolution skipped.",
                     sorted(shapes))
     return None
   (h, w), = shapes
   up = np.stack([eval_ds.preprocess.map_back(m.astype(np.float32), (h, w)) for m in maps])
-  return metrics_lib.aupro(np.stack(originals).astype(bool), up, fpr_limit)
+  return np.stack(originals).astype(bool), up
+
+
+def _full_resolution_aupro(eval_ds, maps: np.ndarray, fpr_limit: float) -> float | None:
+  """AU-PRO against the original masks (`at_original_size`); None for mixed image sizes."""
+  full = at_original_size(eval_ds, maps)
+  return None if full is None else metrics_lib.aupro(*full, fpr_limit)
 
 
 def _scores_csv(eval_ds, scores: np.ndarray, threshold: float,
